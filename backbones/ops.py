@@ -1,0 +1,98 @@
+"""Node operations: the transformation ``o_i`` a computing node applies to its input sum.
+
+The paper keeps one operation type per network (section 2.1):
+
+* ``sep``: the TopoNet triplet ReLU -> 3x3 depthwise + 1x1 pointwise -> BN (section 3.2.1,
+  after Xie et al.'s ReLU-conv-BN unit).
+* ``conv3x3``: ReLU -> 3x3 conv -> BN, the layer of ResNet-CIFAR (section 3.1).
+* ``inverted_bottleneck``: MobileNetV2's 1x1 expand -> BN -> ReLU6 -> 3x3 depthwise -> BN
+  -> ReLU6 -> 1x1 linear projection -> BN (section 3.1).
+
+Every op takes ``(in_chs, out_chs, stride)``; only the first computing node of a stage
+(and the stage's input projection) is built with ``stride > 1`` or ``in_chs != out_chs``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from torch import nn
+
+__all__ = ['SeparableNode', 'ConvNode', 'InvertedBottleneckNode', 'NODE_OPS', 'create_node_op']
+
+
+class SeparableNode(nn.Module):
+    """ReLU -> 3x3 depthwise (carries the stride) -> 1x1 pointwise -> BN."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1):
+        super().__init__()
+        self.act = nn.ReLU()
+        self.conv_dw = nn.Conv2d(in_chs, in_chs, 3, stride=stride, padding=1, groups=in_chs, bias=False)
+        self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv_pw(self.conv_dw(self.act(x))))
+
+
+class ConvNode(nn.Module):
+    """ReLU -> 3x3 conv -> BN."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1):
+        super().__init__()
+        self.act = nn.ReLU()
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.act(x)))
+
+
+class InvertedBottleneckNode(nn.Module):
+    """MobileNetV2 inverted bottleneck without its own shortcut (the DAG provides it).
+
+    Args:
+        expand_ratio (int): Hidden width is ``in_chs * expand_ratio``; 1 drops the
+            expansion conv, as in MobileNetV2's first block.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, expand_ratio: int = 6):
+        super().__init__()
+        if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, int) or expand_ratio < 1:
+            raise ValueError(f'expand_ratio must be an int >= 1, got {expand_ratio!r}')
+        hidden = in_chs * expand_ratio
+        if expand_ratio == 1:
+            self.conv_pw = nn.Identity()
+            self.bn1 = nn.Identity()
+            self.act1 = nn.Identity()
+        else:
+            self.conv_pw = nn.Conv2d(in_chs, hidden, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(hidden)
+            self.act1 = nn.ReLU6()
+        self.conv_dw = nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False)
+        self.bn2 = nn.BatchNorm2d(hidden)
+        self.act2 = nn.ReLU6()
+        self.conv_pwl = nn.Conv2d(hidden, out_chs, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.bn1(self.conv_pw(x)))
+        x = self.act2(self.bn2(self.conv_dw(x)))
+        return self.bn3(self.conv_pwl(x))
+
+
+NODE_OPS: Dict[str, Callable[..., nn.Module]] = {
+    'sep': SeparableNode,
+    'conv3x3': ConvNode,
+    'inverted_bottleneck': InvertedBottleneckNode,
+}
+
+
+def create_node_op(name: str, in_chs: int, out_chs: int, stride: int = 1, **kwargs) -> nn.Module:
+    """Build a node op by name (see ``NODE_OPS``)."""
+    if name not in NODE_OPS:
+        raise ValueError(f'unknown node op {name!r}; expected one of {tuple(NODE_OPS)}')
+    for arg, value in (('in_chs', in_chs), ('out_chs', out_chs), ('stride', stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'node op {arg} must be an int >= 1, got {value!r}')
+    return NODE_OPS[name](in_chs, out_chs, stride, **kwargs)

@@ -1,0 +1,2 @@
+"""Detection: TopoNet backbones in MMDetection, FPN configs for COCO. Not implemented
+yet: see the detection issue."""
