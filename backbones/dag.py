@@ -70,6 +70,9 @@ class DAGStage(nn.Module):
             for i in range(1, graph.num_nodes - 1)
         ])
         self.edge_weights = nn.Parameter(torch.ones(graph.num_edges), requires_grad=alpha_trainable)
+        # The topology travels inside every state dict, so loading weights into a network
+        # wired differently fails loudly instead of silently mixing graphs.
+        self.register_buffer('edge_index', torch.tensor(graph.edges, dtype=torch.long).reshape(-1, 2))
         in_degree = graph.in_degree
         self.register_buffer(
             'edge_in_degree', torch.tensor([float(in_degree[dst]) for _, dst in graph.edges]), persistent=False)
@@ -101,6 +104,18 @@ class DAGStage(nn.Module):
             acc = torch.addcmul(acc, outputs[src], alpha[e])
         return acc
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + 'edge_index'
+        if key in state_dict and not torch.equal(state_dict[key].to(self.edge_index), self.edge_index):
+            theirs = state_dict[key]
+            raise ValueError(
+                f'{key}: the weights are for another topology ({theirs.shape[0]} edges, first differing edge '
+                f'{_first_difference(theirs, self.edge_index)}) than this {self.graph.kind} stage '
+                f'({self.graph.num_edges} edges); rebuild the model with the checkpoint\'s graphs')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     @torch.no_grad()
     def alpha_matrix(self) -> torch.Tensor:
         """Edge weights as an ``(N, N)`` matrix ``M[dst, src]`` (zero where no edge)."""
@@ -114,3 +129,10 @@ class DAGStage(nn.Module):
         return (f'kind={self.graph.kind}, num_nodes={self.num_nodes}, num_edges={self.graph.num_edges}, '
                 f'in_chs={self.in_chs}, out_chs={self.out_chs}, stride={self.stride}, '
                 f'alpha_trainable={self.alpha_trainable}')
+
+
+def _first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
+    for i in range(min(a.shape[0], b.shape[0])):
+        if a[i].tolist() != b[i].tolist():
+            return f'#{i}: {tuple(a[i].tolist())} vs {tuple(b[i].tolist())}'
+    return f'#{min(a.shape[0], b.shape[0])}: one graph has more edges'

@@ -50,8 +50,7 @@ class _SparsityMixin:
                     f'{type(self).__name__} has no model to regularise: build it with '
                     f"constructor='TopologyOptimWrapperConstructor' or call bind_model(model)")
             penalty = self.sparsity(self._sparsity_model)
-            if MessageHub.get_instance('mmengine') is not None:
-                MessageHub.get_current_instance().update_scalar('train/loss_sparsity', float(penalty.detach()))
+            MessageHub.get_current_instance().update_scalar('train/loss_sparsity', float(penalty.detach()))
             loss = loss + penalty
         super().update_params(loss, step_kwargs=step_kwargs, zero_kwargs=zero_kwargs)
 

@@ -280,22 +280,13 @@ class TopoNet(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: TopoNet) -> Dict[str, torch.Tensor]:
-    """Accept a bare state dict or one nested under 'state_dict'/'model'; strip DDP's
-    'module.' prefix; refuse edge weights of another topology."""
+    """Accept a bare state dict or one nested under 'state_dict'/'model', and strip DDP's
+    'module.' prefix. A checkpoint of another topology is refused when loaded (each
+    stage's ``edge_index`` buffer is compared, see ``DAGStage``)."""
     for key in ('state_dict', 'model'):
         if key in state_dict and isinstance(state_dict[key], dict):
             state_dict = state_dict[key]
-    out = {}
-    for k, v in state_dict.items():
-        k = k[7:] if k.startswith('module.') else k
-        out[k] = v
-    for i, stage in enumerate(model.stages):
-        key = f'stages.{i}.edge_weights'
-        if key in out and out[key].shape != stage.edge_weights.shape:
-            raise ValueError(
-                f'checkpoint {key} has {out[key].numel()} edges but the model stage has '
-                f'{stage.graph.num_edges} ({stage.graph.kind}): the checkpoint is for another topology')
-    return out
+    return {(k[7:] if k.startswith('module.') else k): v for k, v in state_dict.items()}
 
 
 def _create_toponet(variant: str, pretrained: bool = False, **kwargs) -> TopoNet:

@@ -9,7 +9,7 @@ import numpy as np
 from .io_utils import atomic_write
 from .topology_export import StageTopology
 
-__all__ = ['plot_adjacency']
+__all__ = ['plot_adjacency', 'plot_alpha_histogram']
 
 
 def plot_adjacency(stages: Sequence[StageTopology], path: str, title: Optional[str] = None) -> None:
@@ -38,6 +38,36 @@ def plot_adjacency(stages: Sequence[StageTopology], path: str, title: Optional[s
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9, label='alpha')
     if title:
         fig.suptitle(title, fontsize=10)
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, dpi=110, format='png')
+    try:
+        atomic_write(path, write)
+    finally:
+        plt.close(fig)
+
+
+def plot_alpha_histogram(runs: dict, path: str, title: Optional[str] = None, bins: int = 60) -> None:
+    """Histogram of edge weights, one series per named run (Figure 3, left: e.g.
+    ``{'w/o sparsity': stages_a, 'adaptive': stages_b}``)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise ValueError('plot_alpha_histogram needs at least one run')
+    values = {name: np.concatenate([s.alpha for s in stages]) for name, stages in runs.items()}
+    lo = min(float(v.min()) for v in values.values())
+    hi = max(float(v.max()) for v in values.values())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout='constrained')
+    for name, v in values.items():
+        ax.hist(v, bins=edges, alpha=0.6, label=f'{name} ({v.size} edges)')
+    ax.set_xlabel('alpha')
+    ax.set_ylabel('edges')
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
 
     def write(tmp: str) -> None:
         fig.savefig(tmp, dpi=110, format='png')

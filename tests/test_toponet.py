@@ -128,13 +128,20 @@ def test_torchscript():
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))
 
 
-def test_checkpoint_for_another_topology_is_refused():
+def test_weights_of_another_topology_are_refused():
     complete = timm.create_model('toponet_fmnist_complete')
     residual = timm.create_model('toponet_fmnist_residual_l2')
-    with pytest.raises(ValueError, match='checkpoint is for another topology'):
-        checkpoint_filter_fn({'state_dict': complete.state_dict()}, residual)
-    filtered = checkpoint_filter_fn({'module.' + k: v for k, v in residual.state_dict().items()}, residual)
-    assert set(filtered) == set(residual.state_dict())
+    with pytest.raises(ValueError, match='stages.0.edge_index: the weights are for another topology'):
+        residual.load_state_dict(complete.state_dict())
+    # same edge count, different wiring: still refused
+    a = timm.create_model('toponet_fmnist_random_p06', seed=1)
+    b = timm.create_model('toponet_fmnist_random_p06', seed=2)
+    with pytest.raises(ValueError, match='another topology'):
+        b.load_state_dict(a.state_dict())
+    filtered = checkpoint_filter_fn({'state_dict': {'module.' + k: v for k, v in a.state_dict().items()}}, a)
+    assert set(filtered) == set(a.state_dict())
+    b2 = timm.create_model('toponet_fmnist_random_p06', graphs=a.graphs)
+    b2.load_state_dict(filtered)
 
 
 @pytest.mark.parametrize('kwargs, message', [

@@ -1,0 +1,53 @@
+# Small TopoNet (complete DAGs, learnable alpha, adaptive sparsity) on Fashion-MNIST: the
+# `make demo` run. About 8 minutes on 2 CPU cores.
+custom_imports = dict(imports=['classification', 'backbones.mmengine_optim'], allow_failed_imports=False)
+
+data_root = '/usr/share/datasets/fashion-mnist'
+max_epochs = 8
+
+model = dict(
+    type='TopoClassifier',
+    backbone=dict(name='toponet_fmnist_complete', num_classes=10, in_chans=1, alpha_trainable=True, seed=0),
+    label_smoothing=0.1,
+    data_preprocessor=dict(type='ClsDataPreprocessor', mean=[0.2860], std=[0.3530]))
+
+train_dataloader = dict(
+    batch_size=128, num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='FashionMNIST', root=data_root, split='train', transform='fmnist_train'))
+val_dataloader = dict(
+    batch_size=500, num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type='FashionMNIST', root=data_root, split='test'))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='TopKAccuracy', topk=(1,))
+test_evaluator = val_evaluator
+
+train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
+val_cfg = dict()
+test_cfg = dict()
+
+optim_wrapper = dict(
+    type='TopologySparsityOptimWrapper',
+    sparsity=dict(mode='adaptive', lam=1e-4),
+    constructor='TopologyOptimWrapperConstructor',
+    optimizer=dict(type='SGD', lr=0.2, momentum=0.9, nesterov=True, weight_decay=5e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.05, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=max_epochs, eta_min=0.0, convert_to_iter_based=True),
+]
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=100),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2),
+    sampler_seed=dict(type='DistSamplerSeedHook'))
+custom_hooks = [dict(type='ExportCheckpointHook', out_name='toponet_fmnist'), dict(type='ProgressBarHook')]
+
+randomness = dict(seed=0)
+env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
+log_processor = dict(by_epoch=True)
+log_level = 'INFO'
