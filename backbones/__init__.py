@@ -13,6 +13,7 @@ from .sparsity import SPARSITY_MODES, TopologySparsity, alpha_parameters, dag_st
 from .topology_export import (StageTopology, extract_topology, load_topology_json, load_topology_npz,
                               save_topology_json, save_topology_npz, topology_to_networkx)
 from .toponet import TopoNet, TopoNetCfg, TopologyCfg, model_cfgs
+from . import mobilenetv2_topo, resnet_cifar  # noqa: F401  (registers ResNet-CIFAR, MobileNetV2)
 
 __all__ = [
     'GRAPH_KINDS', 'XIE_BEST_SETTINGS', 'GraphSpec', 'build_graph', 'complete_graph', 'residual_graph',

@@ -3,13 +3,14 @@
 MACs are counted by tracing the model with mmengine.analysis' ``FlopAnalyzer`` (one unit
 per multiply-add of convolutions and linear layers, taken from output shapes) plus the
 DAG aggregation: ``sum_j alpha_ji * x_j`` over k input edges is k multiply-adds per output
-element (the first edge's ``aten::mul`` and every further ``aten::addcmul``). Batch norm is
+element (traced as DAGStage's fused ``_WeightedSum``, or ``aten::mul``/``aten::addcmul`` in
+the scripted path). Edge weights fixed at 1 run as plain additions and are not counted. Batch norm is
 not counted (it folds into the preceding conv at inference), nor are ReLU and pooling,
 the convention of torchvision's and timm's published GFLOPs (ResNet-50: 4.1G).
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -28,6 +29,11 @@ def _output_numel(inputs, outputs) -> int:
     for dim in shape:
         numel *= dim
     return numel
+
+
+def _weighted_sum_macs(inputs, outputs) -> int:
+    # inputs: alpha slice, then the k summed tensors -> k multiply-adds per output element
+    return _output_numel(inputs, outputs) * (len(inputs) - 1)
 
 
 def _no_macs(inputs, outputs) -> int:
@@ -49,6 +55,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -
         analyzer.set_op_handle('aten::batch_norm', _no_macs)
         analyzer.set_op_handle('aten::mul', _output_numel)
         analyzer.set_op_handle('aten::addcmul', _output_numel)
+        analyzer.set_op_handle('prim::PythonOp._WeightedSum', _weighted_sum_macs)  # DAGStage's fused sum
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         return int(analyzer.total())

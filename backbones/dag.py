@@ -37,6 +37,8 @@ class DAGStage(nn.Module):
         alpha_trainable (bool): Learn the edge weights (``True``) or keep them fixed at
             their initial value 1 (the paper's "Complete" baseline without alpha).
         node_kwargs (dict, optional): Extra arguments for the node op.
+        proj_op (str, optional): Op of the shared input projection; default: ``node_op``
+            (with ``node_kwargs``). ResNet-CIFAR uses ``'conv1x1'``.
 
     Attributes:
         edge_weights (nn.Parameter): alpha, one value per edge in ``graph.edges`` order.
@@ -50,9 +52,11 @@ class DAGStage(nn.Module):
 
     in_edges: List[List[Tuple[int, int]]]  # TorchScript needs the attribute type spelled out
     __jit_unused_properties__ = ['alpha_trainable']
+    __jit_ignored_attributes__ = ['_unit_cache_key', '_unit_cache', '_in_slices', '_in_sources']
 
     def __init__(self, graph: GraphSpec, in_chs: int, out_chs: int, stride: int = 1,
-                 node_op: str = 'sep', alpha_trainable: bool = True, node_kwargs: Optional[Dict] = None):
+                 node_op: str = 'sep', alpha_trainable: bool = True, node_kwargs: Optional[Dict] = None,
+                 proj_op: Optional[str] = None):
         super().__init__()
         if not isinstance(graph, GraphSpec):
             raise TypeError(f'graph must be a GraphSpec, got {type(graph).__name__}')
@@ -60,16 +64,26 @@ class DAGStage(nn.Module):
         self.graph = graph
         self.num_nodes = graph.num_nodes
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
-        # (edge index, source node) of every input edge, per node; edge 0 is always (0, 1)
+        # (edge index, source node) of every input edge, per node; edge 0 is always (0, 1).
+        # Edges are sorted by destination, so node i's edge weights are one slice of alpha.
         self.in_edges = [graph.input_edges(i) for i in range(graph.num_nodes)]
+        self._in_slices = [(e[0][0], e[-1][0] + 1) if e else (0, 0) for e in self.in_edges]
+        self._in_sources = [[src for _, src in e] for e in self.in_edges]
         reshapes = stride != 1 or in_chs != out_chs
         needs_proj = reshapes and any(src == 0 and dst != 1 for src, dst in graph.edges)
-        self.input_proj = create_node_op(node_op, in_chs, out_chs, stride, **node_kwargs) if needs_proj else None
+        if not needs_proj:
+            self.input_proj = None
+        elif proj_op is None or proj_op == node_op:
+            self.input_proj = create_node_op(node_op, in_chs, out_chs, stride, **node_kwargs)
+        else:
+            self.input_proj = create_node_op(proj_op, in_chs, out_chs, stride)
         self.nodes = nn.ModuleList([
             create_node_op(node_op, in_chs if i == 1 else out_chs, out_chs, stride if i == 1 else 1, **node_kwargs)
             for i in range(1, graph.num_nodes - 1)
         ])
         self.edge_weights = nn.Parameter(torch.ones(graph.num_edges), requires_grad=alpha_trainable)
+        self._unit_cache_key: Tuple[int, int] = (0, -1)
+        self._unit_cache = False
         # The topology travels inside every state dict, so loading weights into a network
         # wired differently fails loudly instead of silently mixing graphs.
         self.register_buffer('edge_index', torch.tensor(graph.edges, dtype=torch.long).reshape(-1, 2))
@@ -82,27 +96,73 @@ class DAGStage(nn.Module):
         return self.edge_weights.requires_grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            return self._forward_eager(x)
         alpha = self.edge_weights
+        unit = False
         # Node 1 reads the raw stage input (and changes its shape); later readers of the
         # stage input read the projection.
         projected = self.input_proj(x) if self.input_proj is not None else x
         outputs: List[torch.Tensor] = [projected]
         for k, node in enumerate(self.nodes):
             if k == 0:
-                outputs.append(node(x * alpha[0]))
+                outputs.append(node(x if unit else x * alpha[0]))
             else:
-                outputs.append(node(self._aggregate(outputs, self.in_edges[k + 1], alpha)))
-        return self._aggregate(outputs, self.in_edges[self.num_nodes - 1], alpha)
+                outputs.append(node(self._aggregate(outputs, self.in_edges[k + 1], alpha, unit)))
+        return self._aggregate(outputs, self.in_edges[self.num_nodes - 1], alpha, unit)
 
     @staticmethod
-    def _aggregate(outputs: List[torch.Tensor], edges: List[Tuple[int, int]], alpha: torch.Tensor) -> torch.Tensor:
+    def _aggregate(outputs: List[torch.Tensor], edges: List[Tuple[int, int]], alpha: torch.Tensor,
+                   unit: bool) -> torch.Tensor:
         # A running fused multiply-add: never materialises a stack of all inputs.
         e0, src0 = edges[0]
+        if unit:  # fixed unit weights (classic networks, "Complete" baseline): a plain sum
+            acc = outputs[src0]
+            for i in range(1, len(edges)):
+                acc = acc + outputs[edges[i][1]]
+            return acc
         acc = outputs[src0] * alpha[e0]
         for i in range(1, len(edges)):
             e, src = edges[i]
             acc = torch.addcmul(acc, outputs[src], alpha[e])
         return acc
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """Same result as the scripted path; node inputs go through ``_WeightedSum``, one
+        autograd node per node with no temporaries (see its docstring)."""
+        alpha = self.edge_weights
+        unit = self._alpha_fixed_at_one()
+        projected = self.input_proj(x) if self.input_proj is not None else x
+        outputs: List[torch.Tensor] = [projected]
+        last = self.num_nodes - 1
+        for i in range(1, self.num_nodes):
+            if i == 1:
+                inp = x if unit else x * alpha[0]
+            else:
+                srcs = [outputs[j] for j in self._in_sources[i]]
+                if unit:
+                    inp = srcs[0]
+                    for t in srcs[1:]:
+                        inp = inp + t
+                else:
+                    start, end = self._in_slices[i]
+                    inp = _WeightedSum.apply(alpha[start:end], *srcs)
+            outputs.append(inp if i == last else self.nodes[i - 1](inp))
+        return outputs[last]
+
+    @torch.jit.unused
+    def _alpha_fixed_at_one(self) -> bool:
+        """Frozen edge weights that are all exactly 1 (cached on the tensor's version, so
+        in-place edits and ``load_state_dict`` are seen)."""
+        alpha = self.edge_weights
+        if alpha.requires_grad:
+            return False
+        key = (alpha.data_ptr(), alpha._version)
+        if self._unit_cache_key != key:
+            self._unit_cache_key = key
+            self._unit_cache = bool(torch.all(alpha == 1.0))
+        return self._unit_cache
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -136,3 +196,45 @@ def _first_difference(a: torch.Tensor, b: torch.Tensor) -> str:
         if a[i].tolist() != b[i].tolist():
             return f'#{i}: {tuple(a[i].tolist())} vs {tuple(b[i].tolist())}'
     return f'#{min(a.shape[0], b.shape[0])}: one graph has more edges'
+
+
+def _flat_pair(a: torch.Tensor, b: torch.Tensor):
+    """1-D views of two same-shape tensors with the same memory layout, or None."""
+    if a.is_contiguous() and b.is_contiguous():
+        return a.view(-1), b.view(-1)
+    if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and b.is_contiguous(
+            memory_format=torch.channels_last):
+        return a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1)
+    return None
+
+
+class _WeightedSum(torch.autograd.Function):
+    """``sum_k alpha[k] * xs[k]`` as one autograd node.
+
+    Forward accumulates in place into one output (no per-edge temporaries); backward gives
+    each input ``alpha[k] * grad`` and each weight the dot product ``<grad, xs[k]>`` without
+    materialising ``grad * xs[k]``, which the per-edge ``addcmul`` backward does.
+    """
+
+    @staticmethod
+    def forward(ctx, alpha: torch.Tensor, *xs: torch.Tensor) -> torch.Tensor:
+        out = torch.mul(xs[0], alpha[0])
+        for k in range(1, len(xs)):
+            out.addcmul_(xs[k], alpha[k])
+        ctx.save_for_backward(alpha, *xs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        alpha, *xs = ctx.saved_tensors
+        grads = [None] * (len(xs) + 1)
+        if ctx.needs_input_grad[0]:
+            grad_alpha = torch.empty_like(alpha)
+            for k, x in enumerate(xs):
+                pair = _flat_pair(grad, x)
+                grad_alpha[k] = torch.dot(*pair) if pair is not None else (grad * x).sum()
+            grads[0] = grad_alpha
+        for k in range(len(xs)):
+            if ctx.needs_input_grad[k + 1]:
+                grads[k + 1] = grad * alpha[k]
+        return tuple(grads)

@@ -246,7 +246,10 @@ def complete_graph(num_nodes: int) -> GraphSpec:
     return GraphSpec(n, tuple((j, i) for i in range(n) for j in range(i)), kind='complete')
 
 
-def residual_graph(num_nodes: int, interval: int) -> GraphSpec:
+def residual_graph(num_nodes: int, interval: int, input_shortcuts: bool = True) -> GraphSpec:
+    """Residual topology; ``input_shortcuts=False`` drops the shortcuts out of the stage
+    input, as in MobileNetV2 and other nets whose first block changes shape without a
+    projection shortcut: the input then feeds only the first block."""
     n = _check_num_nodes(num_nodes)
     if isinstance(interval, bool) or not isinstance(interval, (int, np.integer)) or interval < 1:
         raise ValueError(f'residual interval must be an int >= 1, got {interval!r}')
@@ -257,8 +260,9 @@ def residual_graph(num_nodes: int, interval: int) -> GraphSpec:
     sources = [0] + [blk[-1] for blk in blocks]   # stage input and every block's output
     sinks = [blk[0] for blk in blocks] + [n - 1]  # every block's input and stage output
     for b, sink in enumerate(sinks):
-        edges.extend((src, sink) for src in sources[:b + 1])
-    return GraphSpec(n, tuple(edges), kind='residual', params={'interval': interval})
+        edges.extend((src, sink) for src in sources[:b + 1] if input_shortcuts or src != 0 or b == 0)
+    params = {'interval': interval} if input_shortcuts else {'interval': interval, 'input_shortcuts': False}
+    return GraphSpec(n, tuple(edges), kind='residual', params=params)
 
 
 def random_graph(num_nodes: int, p: float, seed: int = 0) -> GraphSpec:
@@ -324,7 +328,7 @@ def build_graph(kind: str, num_nodes: int, seed: int = 0, **params) -> GraphSpec
     """Build a graph by generator name; ``params`` are the generator's arguments."""
     if kind not in GRAPH_KINDS:
         raise ValueError(f'unknown topology {kind!r}; expected one of {GRAPH_KINDS}')
-    allowed = {'complete': set(), 'residual': {'interval'}, 'random': {'p'},
+    allowed = {'complete': set(), 'residual': {'interval', 'input_shortcuts'}, 'random': {'p'},
                'er': {'p'}, 'ba': {'m'}, 'ws': {'k', 'p'}}[kind]
     unknown = set(params) - allowed
     if unknown:
@@ -334,7 +338,7 @@ def build_graph(kind: str, num_nodes: int, seed: int = 0, **params) -> GraphSpec
     if kind == 'residual':
         if 'interval' not in params:
             raise ValueError("topology 'residual' needs an 'interval' parameter")
-        return residual_graph(num_nodes, params['interval'])
+        return residual_graph(num_nodes, params['interval'], params.get('input_shortcuts', True))
     if kind == 'random':
         if 'p' not in params:
             raise ValueError("topology 'random' needs an edge probability 'p'")

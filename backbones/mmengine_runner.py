@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from typing import Optional
 
 __all__ = ['allow_mmengine_checkpoint_globals', 'build_runner_cfg']
 

@@ -5,6 +5,7 @@ The paper keeps one operation type per network (section 2.1):
 * ``sep``: the TopoNet triplet ReLU -> 3x3 depthwise + 1x1 pointwise -> BN (section 3.2.1,
   after Xie et al.'s ReLU-conv-BN unit).
 * ``conv3x3``: ReLU -> 3x3 conv -> BN, the layer of ResNet-CIFAR (section 3.1).
+* ``conv1x1``: ReLU -> 1x1 conv -> BN, used as the light input projection of ResNet-CIFAR.
 * ``inverted_bottleneck``: MobileNetV2's 1x1 expand -> BN -> ReLU6 -> 3x3 depthwise -> BN
   -> ReLU6 -> 1x1 linear projection -> BN (section 3.1).
 
@@ -18,7 +19,7 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
-__all__ = ['SeparableNode', 'ConvNode', 'InvertedBottleneckNode', 'NODE_OPS', 'create_node_op']
+__all__ = ['SeparableNode', 'ConvNode', 'Conv1x1Node', 'InvertedBottleneckNode', 'NODE_OPS', 'create_node_op']
 
 
 class SeparableNode(nn.Module):
@@ -42,6 +43,20 @@ class ConvNode(nn.Module):
         super().__init__()
         self.act = nn.ReLU()
         self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.act(x)))
+
+
+class Conv1x1Node(nn.Module):
+    """ReLU -> 1x1 conv -> BN: the light input projection of classic residual networks
+    (ResNet's projection shortcut, in the project's ReLU-conv-BN order)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1):
+        super().__init__()
+        self.act = nn.ReLU()
+        self.conv = nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +99,7 @@ class InvertedBottleneckNode(nn.Module):
 NODE_OPS: Dict[str, Callable[..., nn.Module]] = {
     'sep': SeparableNode,
     'conv3x3': ConvNode,
+    'conv1x1': Conv1x1Node,
     'inverted_bottleneck': InvertedBottleneckNode,
 }
 

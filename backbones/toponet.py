@@ -27,9 +27,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead
 from timm.models import build_model_with_cfg, register_model, generate_default_cfgs
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 
 from .dag import DAGStage
+from .dagnet import DAGNetMixin, checkpoint_filter_fn
 from .graphs import GRAPH_KINDS, GraphSpec, build_graph, derive_seed
 from .ops import NODE_OPS
 
@@ -73,6 +73,7 @@ class TopoNetCfg:
     stem_kernel_size: int = 7
     stem_stride: int = 2
     node_op: str = 'sep'
+    proj_op: Optional[str] = None  # input projection op; None: same as node_op
     head_chs: int = 1280
     topology: TopologyCfg = field(default_factory=TopologyCfg)
 
@@ -86,8 +87,10 @@ class TopoNetCfg:
                 if isinstance(v, bool) or not isinstance(v, int) or v < (3 if name == 'nodes' else 1):
                     minimum = 3 if name == 'nodes' else 1
                     raise ValueError(f'{name} entries must be ints >= {minimum}, got {getattr(self, name)}')
-        if self.node_op not in NODE_OPS:
-            raise ValueError(f'unknown node op {self.node_op!r}; expected one of {tuple(NODE_OPS)}')
+        for name in ('node_op', 'proj_op'):
+            op = getattr(self, name)
+            if op not in NODE_OPS and not (name == 'proj_op' and op is None):
+                raise ValueError(f'unknown node op {op!r}; expected one of {tuple(NODE_OPS)}')
         if self.head_chs < 0:
             raise ValueError(f'head_chs must be >= 0 (0: no 1x1 conv head), got {self.head_chs}')
 
@@ -99,10 +102,11 @@ def toponet_cfg(channels: int = 64, nodes=(14, 20, 26, 14), kind: str = 'complet
 
 
 def toponet_fmnist_cfg(kind: str = 'complete', **params) -> TopoNetCfg:
-    """A small TopoNet for 28x28 grayscale input (Fashion-MNIST): 3x3 stride-1 head, no
-    stride in stage 1, widths 2C..16C with C=16, a final map of 4x4. Eight nodes or more
-    per stage leave the 6 computing nodes that BA (m=5) and WS (k=4) need."""
-    return TopoNetCfg(nodes=(8, 10, 12, 8), stage_chs=(32, 64, 128, 256), stage_strides=(1, 2, 2, 2),
+    """A small TopoNet for 28x28 grayscale input (Fashion-MNIST): 3x3 stride-1 head with
+    C=16, stages of 2C..16C at 14, 7, 4 and 4 pixels (no stride in the last stage: a 4x4
+    map is small enough). Eight nodes or more per stage leave the 6 computing nodes that
+    BA (m=5) and WS (k=4) need. About 13M MACs per image, 0.64M parameters."""
+    return TopoNetCfg(nodes=(8, 10, 12, 8), stage_chs=(32, 64, 128, 256), stage_strides=(2, 2, 2, 1),
                       stem_chs=16, stem_kernel_size=3, stem_stride=1, head_chs=0,
                       topology=TopologyCfg(kind, tuple(sorted(params.items()))))
 
@@ -126,7 +130,7 @@ for _suffix, (_kind, _params) in _TOPOLOGIES.items():
     model_cfgs[f'toponet_fmnist_{_suffix}'] = toponet_fmnist_cfg(_kind, **_params)
 
 
-class TopoNet(nn.Module):
+class TopoNet(DAGNetMixin, nn.Module):
     """TopoNet backbone and classifier.
 
     Args:
@@ -145,8 +149,6 @@ class TopoNet(nn.Module):
         >>> model(torch.randn(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
-
-    __jit_unused_properties__ = ['graphs']
 
     def __init__(self, cfg: TopoNetCfg, num_classes: int = 1000, in_chans: int = 3, global_pool: str = 'avg',
                  drop_rate: float = 0.0, alpha_trainable: bool = True,
@@ -176,7 +178,7 @@ class TopoNet(nn.Module):
         prev_chs = cfg.stem_chs
         for s, (graph, chs, stride) in enumerate(zip(graphs, cfg.stage_chs, cfg.stage_strides)):
             stages.append(DAGStage(graph, prev_chs, chs, stride=stride, node_op=cfg.node_op,
-                                   alpha_trainable=alpha_trainable))
+                                   alpha_trainable=alpha_trainable, proj_op=cfg.proj_op))
             prev_chs = chs
             reduction *= stride
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'stages.{s}'))
@@ -205,36 +207,7 @@ class TopoNet(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    # -- topology --------------------------------------------------------------------
-    @property
-    def graphs(self) -> List[GraphSpec]:
-        return [stage.graph for stage in self.stages]
-
-    # -- timm interface ---------------------------------------------------------------
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)' if coarse else [
-            (r'^stages\.(\d+)\.(?:input_proj|edge_weights)', (0,)),
-            (r'^stages\.(\d+)\.nodes\.(\d+)', None),
-            (r'^final_conv', (99999,)),
-        ])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {f'stages.{i}.edge_weights' for i in range(len(self.stages))}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
+    # -- timm interface beyond DAGNetMixin -------------------------------------------
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
                               intermediates_only: bool = False):
@@ -264,36 +237,17 @@ class TopoNet(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.stages, x)
-        else:
-            x = self.stages(x)
-        return self.final_conv(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: TopoNet) -> Dict[str, torch.Tensor]:
-    """Accept a bare state dict or one nested under 'state_dict'/'model', and strip DDP's
-    'module.' prefix. A checkpoint of another topology is refused when loaded (each
-    stage's ``edge_index`` buffer is compared, see ``DAGStage``)."""
-    for key in ('state_dict', 'model'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    return {(k[7:] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+
 
 
 def _create_toponet(variant: str, pretrained: bool = False, **kwargs) -> TopoNet:
     return build_model_with_cfg(
         TopoNet, variant, pretrained, model_cfg=model_cfgs[variant],
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4)), **kwargs)
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(len(model_cfgs[variant].nodes) + 1))),
+        **kwargs)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

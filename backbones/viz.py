@@ -12,6 +12,15 @@ from .topology_export import StageTopology
 __all__ = ['plot_adjacency', 'plot_alpha_histogram']
 
 
+def _save_png(fig, path: str) -> None:
+    """Write ``fig`` atomically as PNG and release it."""
+    import matplotlib.pyplot as plt
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format='png'))
+    finally:
+        plt.close(fig)
+
+
 def plot_adjacency(stages: Sequence[StageTopology], path: str, title: Optional[str] = None) -> None:
     """One heatmap per stage: row i holds node i's input edges, column j node j's output
     edges (Figure 3 of the paper); colour is alpha, blank where there is no edge."""
@@ -38,13 +47,7 @@ def plot_adjacency(stages: Sequence[StageTopology], path: str, title: Optional[s
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9, label='alpha')
     if title:
         fig.suptitle(title, fontsize=10)
-
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, dpi=110, format='png')
-    try:
-        atomic_write(path, write)
-    finally:
-        plt.close(fig)
+    _save_png(fig, path)
 
 
 def plot_alpha_histogram(runs: dict, path: str, title: Optional[str] = None, bins: int = 60) -> None:
@@ -68,10 +71,4 @@ def plot_alpha_histogram(runs: dict, path: str, title: Optional[str] = None, bin
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, dpi=110, format='png')
-    try:
-        atomic_write(path, write)
-    finally:
-        plt.close(fig)
+    _save_png(fig, path)

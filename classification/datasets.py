@@ -11,7 +11,6 @@ in the model's data preprocessor (``classification.model.ClsDataPreprocessor``).
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -90,8 +89,25 @@ def _find_idx(root: str, stem: str) -> str:
         f'or point the dataset root at a folder with the four IDX files')
 
 
+class _InMemoryImages(Dataset):
+    """uint8 ``images`` (N x C x H x W) and int64 ``labels`` held in memory."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    transform: Optional[Callable]
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, index: int) -> Dict:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return dict(inputs=image, labels=int(self.labels[index]))
+
+
 @DATASETS.register_module()
-class FashionMNIST(Dataset):
+class FashionMNIST(_InMemoryImages):
     """Fashion-MNIST from its IDX files, held in memory as uint8.
 
     Args:
@@ -122,15 +138,6 @@ class FashionMNIST(Dataset):
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self.transform = build_transform(transform)
         self.metainfo = dict(self.METAINFO)
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, index: int) -> Dict:
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return dict(inputs=image, labels=int(self.labels[index]))
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -167,7 +174,7 @@ def _key(d: dict, name: str):
 
 
 @DATASETS.register_module()
-class Cifar100(Dataset):
+class Cifar100(_InMemoryImages):
     """CIFAR-100 from its python-pickle release (``cifar-100-python/``).
 
     Args:
@@ -208,15 +215,6 @@ class Cifar100(Dataset):
             names = _key(meta, f'{label_type}_label_names')
             classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
         self.metainfo = dict(classes=classes)
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, index: int) -> Dict:
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return dict(inputs=image, labels=int(self.labels[index]))
 
 
 _IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')

@@ -24,7 +24,9 @@ class ExportCheckpointHook(Hook):
     Every file is written atomically, so a killed run never leaves a broken one.
     """
 
-    priority = 'LOW'
+    # Before EMAHook (NORMAL) swaps the raw weights back after validation, so the export holds
+    # the weights that were just validated.
+    priority = 'ABOVE_NORMAL'
 
     def __init__(self, out_name: str = 'toponet', pictures: bool = True):
         self.out_name = out_name
@@ -78,7 +80,9 @@ class ProgressBarHook(Hook):
         from tqdm import tqdm
         self._close()
         if get_rank() == 0:
-            self._bar = tqdm(total=total, desc=desc, unit='it', dynamic_ncols=True, leave=False)
+            # disable=None: bars on a terminal, none in redirected logs (the LoggerHook covers those)
+            self._bar = tqdm(total=total, desc=desc, unit='it', dynamic_ncols=True, leave=False, disable=None,
+                             mininterval=1.0)
 
     def _close(self) -> None:
         if self._bar is not None:

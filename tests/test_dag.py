@@ -113,3 +113,21 @@ def test_bad_arguments():
         DAGStage(complete_graph(4), 4, 4, node_op='conv5x5')
     with pytest.raises(ValueError, match='stride must be an int >= 1, got 0'):
         DAGStage(complete_graph(4), 4, 4, stride=0)
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_gradients_match_the_reference(memory_format):
+    stage = DAGStage(random_graph(12, 0.6, seed=3), 6, 12, stride=2).to(memory_format=memory_format)
+    with torch.no_grad():
+        stage.edge_weights.uniform_(-1.5, 1.5)
+    x = torch.randn(2, 6, 16, 16).to(memory_format=memory_format).requires_grad_(True)
+    target = torch.randn(2, 12, 8, 8)
+    (stage(x) * target).sum().backward()
+    fast = {n: p.grad.clone() for n, p in stage.named_parameters()}
+    fast_x = x.grad.clone()
+    stage.zero_grad()
+    x.grad = None
+    (reference_forward(stage, x) * target).sum().backward()
+    for n, p in stage.named_parameters():
+        torch.testing.assert_close(fast[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
+    torch.testing.assert_close(fast_x, x.grad, rtol=1e-4, atol=1e-5)

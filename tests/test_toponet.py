@@ -7,7 +7,7 @@ from backbones.complexity import count_macs, count_parameters
 from backbones.graphs import GraphSpec
 from backbones.toponet import TopoNet, TopoNetCfg, TopologyCfg, checkpoint_filter_fn, model_cfgs, toponet_cfg
 
-IMAGENET = [n for n in model_cfgs if not n.startswith('toponet_fmnist')]
+IMAGENET = [n for n in model_cfgs if n.startswith('toponet_') and not n.startswith('toponet_fmnist')]
 FMNIST = [n for n in model_cfgs if n.startswith('toponet_fmnist')]
 
 
