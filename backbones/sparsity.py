@@ -64,7 +64,7 @@ class TopologySparsity:
     Example:
         >>> from backbones.graphs import complete_graph
         >>> stage = DAGStage(complete_graph(4), 4, 4)
-        >>> float(TopologySparsity('uniform', lam=0.5)(stage))  # 6 edges at alpha=1
+        >>> float(TopologySparsity('uniform', lam=0.5)(stage).detach())  # 6 edges at alpha=1
         3.0
     """
 

@@ -39,8 +39,20 @@ class ExportCheckpointHook(Hook):
         self._export(runner)
 
     def after_train(self, runner) -> None:
-        if self._exported_iter != runner.iter:  # not already written by the last validation
+        # Skip when the last validation already wrote this iteration, or when a resumed run
+        # had nothing left to train (keeps the metrics stored in the existing export).
+        if self._exported_iter != runner.iter and self._saved_iter(runner) != runner.iter:
             self._export(runner)
+
+    def _saved_iter(self, runner) -> int:
+        from backbones.checkpoint import read_checkpoint
+        path = os.path.join(runner.work_dir, f'{self.out_name}.safetensors')
+        if not os.path.isfile(path):
+            return -1
+        try:
+            return int(read_checkpoint(path).meta.get('iter', -1))
+        except ValueError:
+            return -1  # unreadable: write a fresh one
 
     @master_only
     def _export(self, runner) -> None:

@@ -66,6 +66,10 @@ def test_training_writes_shared_checkpoint_and_pictures(tmp_path, data):
     # the sparsity penalty is logged beside the task loss
     logs = [json.loads(line) for line in open(next(tmp_path.glob('*/vis_data/scalars.json')))]
     assert any('loss_sparsity' in entry for entry in logs)
+    # resuming a finished run (what a second `make demo` does) trains nothing and keeps the export
+    result = _train(tmp_path, data, 2, '--resume')
+    assert 'resumed epoch: 2' in result.stdout + result.stderr
+    assert read_checkpoint(str(tmp_path / 'toponet_fmnist.safetensors')).meta == ckpt.meta
 
 
 def test_test_tool_scores_the_checkpoint(tmp_path, data):

@@ -22,7 +22,9 @@ def main(argv=None) -> int:
 
     from classification.evaluate import evaluate_checkpoint
     metrics = evaluate_checkpoint(args.config, args.checkpoint, args.work_dir, args.cfg_options)
-    print(json.dumps({'checkpoint': args.checkpoint, **metrics}))
+    for name, value in metrics.items():
+        print(f'test {name}: {value:.2f}%' if name.startswith('cls/top') else f'test {name}: {value}')
+    print(json.dumps({'checkpoint': args.checkpoint, **metrics}))  # last line: machine-readable
     return 0
 
 
