@@ -1,6 +1,6 @@
 # Small TopoNet (complete DAGs, learnable alpha, adaptive sparsity) on Fashion-MNIST: the
 # `make demo` run. About 8.5 minutes on 2 CPU cores.
-custom_imports = dict(imports=['classification', 'backbones.mmengine_optim'], allow_failed_imports=False)
+_base_ = ['_base_/default_runtime.py']
 
 data_root = '/usr/share/datasets/fashion-mnist'
 max_epochs = 9
@@ -23,12 +23,10 @@ val_dataloader = dict(
     collate_fn=dict(type='default_collate'),
     dataset=dict(type='FashionMNIST', root=data_root, split='test'))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='TopKAccuracy', topk=(1,))
+val_evaluator = dict(topk=(1,))
 test_evaluator = val_evaluator
 
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
-val_cfg = dict()
-test_cfg = dict()
 
 optim_wrapper = dict(
     type='TopologySparsityOptimWrapper',
@@ -41,15 +39,5 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=max_epochs, eta_min=0.0, convert_to_iter_based=True),
 ]
 
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=100),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=2))
 custom_hooks = [dict(type='ExportCheckpointHook', out_name='toponet_fmnist'), dict(type='ProgressBarHook')]
-
-randomness = dict(seed=0)
-env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='nccl'))
-log_processor = dict(by_epoch=True)
-log_level = 'INFO'

@@ -1,7 +1,7 @@
 # The paper's CIFAR-100 recipe for ResNet-CIFAR (appendix A.1.1, after DeVries & Taylor):
 # 200 epochs, batch 128 (64 per GPU on 2 GPUs), SGD Nesterov 0.9 without dampening, lr 0.1
 # divided by 5 at epochs 60/120/160, weight decay 5e-4, crop + flip + cutout 16x16, 32x32.
-custom_imports = dict(imports=['classification', 'backbones.mmengine_optim'], allow_failed_imports=False)
+_base_ = ['default_runtime.py']
 
 data_root = 'data/cifar100'
 max_epochs = 200
@@ -23,12 +23,8 @@ val_dataloader = dict(
     collate_fn=dict(type='default_collate'),
     dataset=dict(type='Cifar100', root=data_root, split='test'))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='TopKAccuracy', topk=(1, 5))
-test_evaluator = val_evaluator
 
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=5)
-val_cfg = dict()
-test_cfg = dict()
 
 optim_wrapper = dict(
     type='TopologySparsityOptimWrapper',
@@ -38,15 +34,5 @@ optim_wrapper = dict(
 param_scheduler = [dict(type='MultiStepLR', by_epoch=True, milestones=[60, 120, 160], gamma=0.2)]
 auto_scale_lr = dict(base_batch_size=128, enable=False)
 
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=100),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=5, max_keep_ckpts=3),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
+default_hooks = dict(checkpoint=dict(interval=5))
 custom_hooks = [dict(type='ExportCheckpointHook', out_name='resnet_cifar100')]
-
-randomness = dict(seed=0)
-env_cfg = dict(cudnn_benchmark=True, dist_cfg=dict(backend='nccl'))
-log_processor = dict(by_epoch=True)
-log_level = 'INFO'

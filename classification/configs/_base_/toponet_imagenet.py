@@ -2,7 +2,7 @@
 # (64 per GPU on 16 GPUs), SGD Nesterov 0.9, lr 0.4 with cosine decay, weight decay 1e-4,
 # label smoothing 0.1, 224x224, no dropout. Alpha is never weight-decayed.
 # With another GPU count, enable auto_scale_lr to scale lr linearly to the real batch.
-custom_imports = dict(imports=['classification', 'backbones.mmengine_optim'], allow_failed_imports=False)
+_base_ = ['default_runtime.py']
 
 data_root = 'data/imagenet'
 max_epochs = 100
@@ -25,12 +25,8 @@ val_dataloader = dict(
     collate_fn=dict(type='default_collate'),
     dataset=dict(type='ImageNetFolder', root=data_root, split='val', transform='imagenet_val'))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='TopKAccuracy', topk=(1, 5))
-test_evaluator = val_evaluator
 
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=5)
-val_cfg = dict()
-test_cfg = dict()
 
 optim_wrapper = dict(
     type='TopologySparsityOptimWrapper',
@@ -41,15 +37,4 @@ param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=ma
                         convert_to_iter_based=True)]
 auto_scale_lr = dict(base_batch_size=1024, enable=False)
 
-default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=100),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
-    sampler_seed=dict(type='DistSamplerSeedHook'))
 custom_hooks = [dict(type='ExportCheckpointHook', out_name='toponet_imagenet')]
-
-randomness = dict(seed=0)
-env_cfg = dict(cudnn_benchmark=True, dist_cfg=dict(backend='nccl'))
-log_processor = dict(by_epoch=True)
-log_level = 'INFO'
