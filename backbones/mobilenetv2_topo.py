@@ -17,18 +17,18 @@ Origin: this project. Licence: Apache-2.0.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from .dag import DAGStage
 from .dagnet import DAGNetMixin, checkpoint_filter_fn
+from .toponet import _cfg
 from .graphs import GraphSpec, complete_graph, residual_graph
 
 __all__ = ['MobileNetV2Topo', 'MBV2_SETTINGS', 'stage_depths']
@@ -106,15 +106,7 @@ class MobileNetV2Topo(DAGNetMixin, nn.Module):
         self.final_conv.add_module('act', nn.ReLU6())
         self.num_features = self.head_hidden_size = 1280
         self.head = ClassifierHead(1280, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode='fan_out')
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        self._init_weights()
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
@@ -148,12 +140,6 @@ def _create(variant: str, pretrained: bool, depth_multiplier: int, optimized: bo
         MobileNetV2Topo, variant, pretrained, depth_multiplier=depth_multiplier,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4)), **kwargs)
-
-
-def _cfg(**kwargs) -> Dict[str, Any]:
-    return {'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'crop_pct': 0.875,
-            'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-            'first_conv': 'stem.conv', 'classifier': 'head.fc', 'license': 'apache-2.0', **kwargs}
 
 
 default_cfgs = generate_default_cfgs({

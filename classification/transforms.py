@@ -6,6 +6,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torchvision.transforms import v2
 
+from backbones.resnet_cifar import CIFAR100_MEAN
+
 __all__ = ['Cutout', 'build_transform', 'TRANSFORM_PRESETS']
 
 
@@ -32,12 +34,10 @@ class Cutout:
         return f'Cutout(size={self.size})'
 
 
-_CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
-
 TRANSFORM_PRESETS = {
     'fmnist_train': lambda: v2.Compose([v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()]),
     'cifar_train': lambda: v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
-                                       Cutout(16, _CIFAR_MEAN)]),
+                                       Cutout(16, CIFAR100_MEAN)]),
     'imagenet_train': lambda: v2.Compose([v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()]),
     'imagenet_val': lambda: v2.Compose([v2.Resize(256, antialias=True), v2.CenterCrop(224)]),
 }
