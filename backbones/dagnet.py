@@ -47,6 +47,12 @@ class DAGNetMixin:
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def set_aggregation(self, mode: str) -> None:
+        """Switch every stage's eager aggregation formulation (``backbones.dag.AGGREGATIONS``)."""
+        for stage in self.stages:
+            stage.aggregation = mode
+
+    @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return {f'stages.{i}.edge_weights' for i in range(len(self.stages))}
 

@@ -143,6 +143,8 @@ class TopoNet(DAGNetMixin, nn.Module):
         graphs (sequence, optional): One ``GraphSpec`` (or its dict) per stage, overriding
             the generator of ``cfg.topology`` (used when loading a checkpoint).
         seed (int, optional): Overrides ``cfg.topology.seed`` for random generators.
+        aggregation (str): Eager formulation of the alpha-weighted sums
+            (``backbones.dag.AGGREGATIONS``); speed and memory only, results are the same.
 
     Example:
         >>> model = TopoNet(model_cfgs['toponet_fmnist_complete'], num_classes=10, in_chans=1)
@@ -152,7 +154,8 @@ class TopoNet(DAGNetMixin, nn.Module):
 
     def __init__(self, cfg: TopoNetCfg, num_classes: int = 1000, in_chans: int = 3, global_pool: str = 'avg',
                  drop_rate: float = 0.0, alpha_trainable: bool = True,
-                 graphs: Optional[Sequence[Union[GraphSpec, Dict]]] = None, seed: Optional[int] = None):
+                 graphs: Optional[Sequence[Union[GraphSpec, Dict]]] = None, seed: Optional[int] = None,
+                 aggregation: str = 'auto'):
         super().__init__()
         if seed is not None:
             cfg = replace(cfg, topology=replace(cfg.topology, seed=int(seed)))
@@ -178,7 +181,7 @@ class TopoNet(DAGNetMixin, nn.Module):
         prev_chs = cfg.stem_chs
         for s, (graph, chs, stride) in enumerate(zip(graphs, cfg.stage_chs, cfg.stage_strides)):
             stages.append(DAGStage(graph, prev_chs, chs, stride=stride, node_op=cfg.node_op,
-                                   alpha_trainable=alpha_trainable, proj_op=cfg.proj_op))
+                                   alpha_trainable=alpha_trainable, proj_op=cfg.proj_op, aggregation=aggregation))
             prev_chs = chs
             reduction *= stride
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'stages.{s}'))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional
 
+import torch
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
@@ -107,8 +108,10 @@ class ProgressBarHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self._bar is not None:
             self._bar.update(1)
-            if outputs:
-                self._bar.set_postfix(loss=f"{float(outputs.get('loss', 0.0)):.3f}")
+            if outputs and 'loss' in outputs:
+                loss = outputs['loss']
+                loss = loss.detach().item() if isinstance(loss, torch.Tensor) else float(loss)
+                self._bar.set_postfix(loss=f'{loss:.3f}')
 
     def after_train_epoch(self, runner) -> None:
         self._close()

@@ -131,3 +131,74 @@ def test_gradients_match_the_reference(memory_format):
     for n, p in stage.named_parameters():
         torch.testing.assert_close(fast[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
     torch.testing.assert_close(fast_x, x.grad, rtol=1e-4, atol=1e-5)
+
+
+def _outputs_and_grads(stage, x, aggregation):
+    stage.aggregation = aggregation
+    stage.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    out = stage(x)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    (out * weights).sum().backward()
+    return out.detach(), x.grad, {n: p.grad for n, p in stage.named_parameters()}
+
+
+@pytest.mark.parametrize('graph', [complete_graph(9), residual_graph(9, 2), random_graph(10, 0.5, seed=1)])
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('alpha_trainable', [True, False])
+def test_stacked_aggregation_equals_weighted_sum(graph, memory_format, alpha_trainable):
+    # float64 so that the two summation orders agree to rounding; outputs and every gradient.
+    stage = DAGStage(graph, 6, 10, stride=2, alpha_trainable=alpha_trainable).double()
+    stage = stage.to(memory_format=memory_format)
+    with torch.no_grad():
+        stage.edge_weights.uniform_(-1.5, 1.5)
+    x = torch.randn(2, 6, 12, 12, dtype=torch.float64).contiguous(memory_format=memory_format)
+    ref_out, ref_x, ref_grads = _outputs_and_grads(stage, x, 'weighted_sum')
+    out, grad_x, grads = _outputs_and_grads(stage, x, 'stacked')
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad_x, ref_x, rtol=1e-10, atol=1e-10)
+    for name, ref in ref_grads.items():
+        if ref is None:
+            assert grads[name] is None, name
+        else:
+            torch.testing.assert_close(grads[name], ref, rtol=1e-10, atol=1e-10, msg=name)
+    with torch.no_grad():
+        stage.aggregation = 'stacked'
+        torch.testing.assert_close(stage(x), reference_forward(stage, x), rtol=1e-10, atol=1e-10)
+
+
+def test_stacked_aggregation_saves_no_node_outputs_for_backward():
+    # Memory: 'weighted_sum' saves every aggregated input for its alpha gradients (one
+    # node-output-sized tensor per edge); 'stacked' reads them from its buffer instead.
+    graph = complete_graph(8)
+    stage = DAGStage(graph, 4, 8, stride=2)
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+
+    def node_sized_saves(aggregation):
+        stage.aggregation = aggregation
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            stage(x)
+        return sum(1 for t in saved if t.shape == (2, 8, 8, 8))
+
+    aggregated_edges = graph.num_edges - 1  # every edge except stage input -> node 1
+    assert node_sized_saves('stacked') <= node_sized_saves('weighted_sum') - aggregated_edges
+
+
+def test_aggregation_setting():
+    stage = DAGStage(complete_graph(5), 4, 4)
+    assert stage.aggregation == 'auto'
+    with pytest.raises(ValueError, match="unknown aggregation 'fused'"):
+        stage.aggregation = 'fused'
+    with pytest.raises(ValueError, match="unknown aggregation 'gemv'"):
+        DAGStage(complete_graph(5), 4, 4, aggregation='gemv')
+
+
+def test_stacked_aggregation_under_cpu_autocast():
+    stage = DAGStage(complete_graph(6), 4, 8, stride=2, aggregation='stacked')
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = stage(x)
+    out.float().sum().backward()
+    assert stage.edge_weights.grad is not None and torch.isfinite(stage.edge_weights.grad).all()
+    assert x.grad is not None

@@ -1,0 +1,205 @@
+"""Side-by-side speed and memory measurements (the performance issue's benchmarks).
+
+Every measurement runs in its own subprocess, so peak memory is that of one model and one
+mode only: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the growth of the process's
+resident-set high-water mark (``VmHWM``) over its size after building the model and the
+input, i.e. the activations, gradients and optimizer state one step adds.
+
+Times are medians over ``runs`` timed repetitions after ``warmup`` untimed ones; CUDA work
+is synchronised before every clock read. Results are reported as ratios of a candidate to
+its reference, measured in the same invocation on the same machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+__all__ = ['BenchSpec', 'BenchResult', 'machine_info', 'run_in_subprocess', 'measure', 'compare']
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One measurement: a timm model in a mode on a device.
+
+    Args:
+        model (str): timm model name (``backbones`` is imported first, so ours resolve).
+        mode (str): ``'train'`` (forward, cross-entropy, backward, SGD step) or ``'infer'``
+            (eval mode, ``torch.inference_mode``).
+        batch_size (int): Images per step.
+        img_size (int): Square input side.
+        device (str): ``'cpu'`` or ``'cuda'``.
+        channels_last (bool): Model and input in NHWC memory format.
+        amp (bool): bfloat16 autocast on CPU, float16 on CUDA.
+        runs (int): Timed repetitions (the median is reported).
+        warmup (int): Untimed repetitions first.
+        threads (int, optional): ``torch.set_num_threads`` for the CPU.
+        model_kwargs (dict): Extra ``timm.create_model`` arguments.
+    """
+
+    model: str
+    mode: str = 'train'
+    batch_size: int = 16
+    img_size: int = 224
+    device: str = 'cpu'
+    channels_last: bool = True
+    amp: bool = False
+    runs: int = 5
+    warmup: int = 2
+    threads: Optional[int] = None
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mode not in ('train', 'infer'):
+            raise ValueError(f"mode must be 'train' or 'infer', got {self.mode!r}")
+        if self.device not in ('cpu', 'cuda'):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        for name in ('batch_size', 'img_size', 'runs'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.warmup < 0:
+            raise ValueError(f'warmup must be >= 0, got {self.warmup}')
+
+
+@dataclass
+class BenchResult:
+    spec: BenchSpec
+    median_s: float
+    times_s: List[float]
+    peak_mem_mb: float
+    images_per_s: float
+
+
+def machine_info() -> Dict[str, Any]:
+    """Machine and library versions, printed at the top of every benchmark report."""
+    import timm
+
+    info = {
+        'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
+        'platform': platform.platform(), 'cpu': _cpu_name(), 'cpu_count': os.cpu_count(),
+        'torch_threads': torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info['cuda'] = torch.version.cuda
+        info['gpu'] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
+
+
+def _rss_kb(field_name: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field_name + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field_name} not found in /proc/self/status')
+
+
+def _sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def measure(spec: BenchSpec) -> BenchResult:
+    """Run ``spec`` in this process (``run_in_subprocess`` isolates peak memory)."""
+    import timm
+    import backbones  # noqa: F401  (registers our models)
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    if spec.device == 'cuda':
+        if not torch.cuda.is_available():
+            raise RuntimeError('device cuda requested but CUDA is not available')
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
+    model = timm.create_model(spec.model, **spec.model_kwargs).to(spec.device, memory_format=memory_format)
+    in_chans = model.pretrained_cfg.get('input_size', (3,))[0]
+    x = torch.randn(spec.batch_size, in_chans, spec.img_size, spec.img_size, device=spec.device)
+    x = x.contiguous(memory_format=memory_format)
+    target = torch.randint(0, model.num_classes, (spec.batch_size,), device=spec.device)
+    amp_dtype = torch.float16 if spec.device == 'cuda' else torch.bfloat16
+    scaler = torch.amp.GradScaler('cuda', enabled=spec.amp and spec.device == 'cuda')
+
+    if spec.mode == 'train':
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step():
+            with torch.autocast(spec.device, dtype=amp_dtype, enabled=spec.amp):
+                loss = torch.nn.functional.cross_entropy(model(x), target)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), torch.autocast(spec.device, dtype=amp_dtype, enabled=spec.amp):
+                model(x)
+
+    _sync(spec.device)
+    if spec.device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_kb('VmRSS')
+    times = []
+    for i in range(spec.warmup + spec.runs):
+        _sync(spec.device)
+        start = time.perf_counter()
+        step()
+        _sync(spec.device)
+        if i >= spec.warmup:
+            times.append(time.perf_counter() - start)
+    if spec.device == 'cuda':
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    else:
+        peak_mb = (_rss_kb('VmHWM') - base) / 2 ** 10
+    median = statistics.median(times)
+    return BenchResult(spec=spec, median_s=median, times_s=times, peak_mem_mb=max(peak_mb, 0.0),
+                       images_per_s=spec.batch_size / median)
+
+
+def run_in_subprocess(spec: BenchSpec, timeout: float = 1800.0) -> BenchResult:
+    """``measure(spec)`` in a fresh interpreter; raises with its stderr if it fails."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ('import json, sys; from backbones.benchmark import BenchSpec, measure; from dataclasses import asdict; '
+            'r = measure(BenchSpec(**json.loads(sys.argv[1]))); '
+            'print("BENCH_RESULT " + json.dumps(asdict(r)))')
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([sys.executable, '-c', code, json.dumps(asdict(spec))], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=repo)
+    for line in proc.stdout.splitlines():
+        if line.startswith('BENCH_RESULT '):
+            data = json.loads(line[len('BENCH_RESULT '):])
+            data['spec'] = BenchSpec(**data['spec'])
+            return BenchResult(**data)
+    raise RuntimeError(f'benchmark of {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
+
+
+def compare(candidate: BenchResult, reference: BenchResult) -> Dict[str, float]:
+    """Ratios candidate / reference: time per step, peak memory, throughput."""
+    return {
+        'time_ratio': candidate.median_s / reference.median_s,
+        'memory_ratio': (candidate.peak_mem_mb / reference.peak_mem_mb) if reference.peak_mem_mb else float('nan'),
+        'throughput_ratio': candidate.images_per_s / reference.images_per_s,
+    }
