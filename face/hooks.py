@@ -1,0 +1,152 @@
+"""Hooks of a face training run: periodic verification on ``.bin`` sets (10-fold accuracy
+with flipped images), the shared checkpoint and topology export, and a progress bar over
+the iteration-based loop."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Sequence
+
+from mmengine.dist import master_only
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+__all__ = ['FaceVerificationHook', 'FaceExportHook', 'FaceProgressBarHook', 'VERIFICATION_INFO_KEY']
+
+VERIFICATION_INFO_KEY = 'face_verification'
+
+
+def _unwrap(runner):
+    return getattr(runner.model, 'module', runner.model)
+
+
+@HOOKS.register_module()
+class FaceVerificationHook(Hook):
+    """Every ``interval`` iterations (and after training) score the embedding network on
+    each verification set; on rank 0 only (other ranks wait at their next all-reduce).
+
+    Args:
+        bins (sequence of str): ``.bin`` files (LFW, CFP-FP, AgeDB-30, ...).
+        interval (int): Iterations between evaluations.
+        batch_size (int): Images per forward.
+        flip (bool): Add the mirrored image's feature (the standard protocol).
+        image_size (int, optional): Resize the stored faces (for networks with other inputs).
+
+    Results go to the log, to the message hub as scalars ``verification/<set>`` and as the
+    info dict ``face_verification`` (which ``FaceExportHook`` stores in the checkpoint).
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self, bins: Sequence[str], interval: int = 2000, batch_size: int = 128, flip: bool = True,
+                 image_size: Optional[int] = None):
+        if interval < 1:
+            raise ValueError(f'interval must be >= 1, got {interval}')
+        missing = [b for b in bins if not os.path.isfile(b)]
+        if missing:
+            raise FileNotFoundError(f'verification sets not found: {missing}')
+        self.bins = list(bins)
+        self.interval = interval
+        self.batch_size = batch_size
+        self.flip = flip
+        self.image_size = image_size
+        self._sets = None
+        self._done_iter = -1
+
+    # runner.iter counts finished iterations only after the after_train_iter hooks ran
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.every_n_train_iters(runner, self.interval):
+            self._evaluate(runner, runner.iter + 1)
+
+    def after_train(self, runner) -> None:
+        if self._done_iter != runner.iter:
+            self._evaluate(runner, runner.iter)
+
+    @master_only
+    def _evaluate(self, runner, iteration: int) -> None:
+        from .verification import VerificationSet
+        self._done_iter = iteration
+        if self._sets is None:
+            self._sets = [VerificationSet(path, image_size=self.image_size) for path in self.bins]
+        backbone = _unwrap(runner).backbone
+        results: Dict[str, dict] = {}
+        for vset in self._sets:
+            res = vset.evaluate(backbone, batch_size=self.batch_size, flip=self.flip)
+            results[vset.name] = res
+            runner.message_hub.update_scalar(f'verification/{vset.name}', res['accuracy'])
+            runner.logger.info(f'iter {iteration}: {vset.name} verification accuracy {res["accuracy"]:.2f} '
+                               f'+- {res["std"]:.2f}% ({len(vset.issame)} pairs, 10 folds)')
+        runner.message_hub.update_info(VERIFICATION_INFO_KEY, dict(iter=iteration, results=results))
+
+
+@HOOKS.register_module()
+class FaceExportHook(Hook):
+    """Every ``interval`` iterations and after training write, under ``work_dir``, the
+    shared checkpoint ``<out_name>.safetensors`` of the embedding network (model name
+    ``face_toponet``; ``face.model.load_face_checkpoint`` rebuilds it) with the latest
+    verification results in its metadata, plus ``topology.{json,npz}`` and
+    ``adjacency.png``. Every file is written atomically."""
+
+    priority = 'BELOW_NORMAL'  # after the verification of the same iteration
+
+    def __init__(self, out_name: str = 'toponet_face', interval: int = 2000, pictures: bool = True):
+        self.out_name = out_name
+        self.interval = interval
+        self.pictures = pictures
+        self._exported_iter = -1
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.every_n_train_iters(runner, self.interval):
+            self._export(runner, runner.iter + 1)
+
+    def after_train(self, runner) -> None:
+        if self._exported_iter != runner.iter:
+            self._export(runner, runner.iter)
+
+    @master_only
+    def _export(self, runner, iteration: int) -> None:
+        from backbones.checkpoint import save_checkpoint
+        from backbones.topology_export import extract_topology, save_topology_json, save_topology_npz
+        self._exported_iter = iteration
+        model = _unwrap(runner)
+        verification = runner.message_hub.get_info(VERIFICATION_INFO_KEY) or {}
+        meta = dict(task='face', iter=iteration, verification=verification, experiment=runner.experiment_name,
+                    num_classes=model.head.num_classes, margins=list(model.head.margins), scale=model.head.scale)
+        path = os.path.join(runner.work_dir, f'{self.out_name}.safetensors')
+        save_checkpoint(path, model.backbone, 'face_toponet', model_kwargs=model.model_kwargs, meta=meta)
+        stages = extract_topology(model.backbone)
+        save_topology_json(stages, os.path.join(runner.work_dir, 'topology.json'))
+        save_topology_npz(stages, os.path.join(runner.work_dir, 'topology.npz'))
+        if self.pictures:
+            from backbones.viz import plot_adjacency
+            plot_adjacency(stages, os.path.join(runner.work_dir, 'adjacency.png'),
+                           title=f'face TopoNet, iteration {iteration}')
+        runner.logger.info(f'exported {path}')
+
+
+@HOOKS.register_module()
+class FaceProgressBarHook(Hook):
+    """One tqdm bar over the iteration-based training (rank 0; none in redirected logs)."""
+
+    priority = 'VERY_LOW'
+
+    def __init__(self):
+        self._bar = None
+
+    def before_train(self, runner) -> None:
+        from mmengine.dist import get_rank
+        from tqdm import tqdm
+        if get_rank() == 0:
+            self._bar = tqdm(total=runner.max_iters, initial=runner.iter, desc='training', unit='it',
+                             dynamic_ncols=True, disable=None, mininterval=1.0)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            loss = (outputs or {}).get('loss')
+            if loss is not None:
+                self._bar.set_postfix(loss=f'{float(loss.detach() if hasattr(loss, "detach") else loss):.3f}')
+
+    def after_train(self, runner) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
