@@ -6,6 +6,7 @@ WHEEL_DIR ?= $(HOME)/.cache/toponet/wheels
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= work_dirs/demo
 DEMO_CONFIG ?= classification/configs/toponet_fmnist_adaptive.py
+DET_DEMO_CONFIG ?= detection/configs/toy/retinanet_toponet-fmnist_fpn_toy.py
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.toponet-installed
@@ -19,6 +20,12 @@ SETUP_INPUTS := requirements.txt pyproject.toml tools/setup/install_env.sh tools
 demo: setup data
 	$(VENV)/bin/python tools/train_cls.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR)/fmnist --resume
 	$(VENV)/bin/python tools/test_cls.py $(DEMO_CONFIG) $(DEMO_DIR)/fmnist/toponet_fmnist.safetensors
+	$(VENV)/bin/python tools/test_cls.py $(DEMO_CONFIG) $(DEMO_DIR)/fmnist/toponet_fmnist.safetensors --flip
+	$(VENV)/bin/python tools/make_toy_coco.py $(DEMO_DIR)/toy_coco
+	$(VENV)/bin/python tools/train_det.py $(DET_DEMO_CONFIG) --work-dir $(DEMO_DIR)/det --resume \
+	    --cfg-options model.backbone.init_cfg.checkpoint=$(DEMO_DIR)/fmnist/toponet_fmnist.safetensors
+	$(VENV)/bin/python tools/test_det.py $(DET_DEMO_CONFIG) $(DEMO_DIR)/det
+	$(VENV)/bin/python tools/demo_face.py --work-dir $(DEMO_DIR)/face
 	@echo "outputs: checkpoint $(DEMO_DIR)/fmnist/toponet_fmnist.safetensors; learned adjacency" \
 	      "$(DEMO_DIR)/fmnist/adjacency.png; alpha histogram $(DEMO_DIR)/fmnist/alpha_hist.png;" \
 	      "topology $(DEMO_DIR)/fmnist/topology.{json,npz}; logs $(DEMO_DIR)/fmnist/"

@@ -1,14 +1,16 @@
-"""Hooks that make a classification run produce the shared artefacts: the TopoNet
-checkpoint (``backbones.checkpoint``), the topology export and pictures, and a progress bar."""
+"""The hook that makes a classification run produce the shared artefacts: the TopoNet
+checkpoint (``backbones.checkpoint``), the topology export and pictures. The progress bar is
+the shared ``backbones.mmengine_hooks.ProgressBarHook``."""
 from __future__ import annotations
 
 import os
 from typing import Dict, Optional
 
-import torch
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+
+from backbones.mmengine_hooks import ProgressBarHook  # noqa: F401  (registers it for the configs)
 
 __all__ = ['ExportCheckpointHook', 'ProgressBarHook']
 
@@ -77,61 +79,3 @@ class ExportCheckpointHook(Hook):
             plot_adjacency(stages, os.path.join(runner.work_dir, 'adjacency.png'), title=title)
             plot_alpha_histogram({'learned': stages}, os.path.join(runner.work_dir, 'alpha_hist.png'), title=title)
         runner.logger.info(f'exported {path} and the topology pictures to {runner.work_dir}')
-
-
-@HOOKS.register_module()
-class ProgressBarHook(Hook):
-    """A tqdm bar per training epoch and per validation run (rank 0 only)."""
-
-    priority = 'VERY_LOW'
-
-    def __init__(self):
-        self._bar = None
-
-    def _open(self, runner, total: int, desc: str) -> None:
-        from mmengine.dist import get_rank
-        from tqdm import tqdm
-        self._close()
-        if get_rank() == 0:
-            # disable=None: bars on a terminal, none in redirected logs (the LoggerHook covers those)
-            self._bar = tqdm(total=total, desc=desc, unit='it', dynamic_ncols=True, leave=False, disable=None,
-                             mininterval=1.0)
-
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def before_train_epoch(self, runner) -> None:
-        self._open(runner, len(runner.train_dataloader), f'epoch {runner.epoch + 1}/{runner.max_epochs}')
-
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-            if outputs and 'loss' in outputs:
-                loss = outputs['loss']
-                loss = loss.detach().item() if isinstance(loss, torch.Tensor) else float(loss)
-                self._bar.set_postfix(loss=f'{loss:.3f}')
-
-    def after_train_epoch(self, runner) -> None:
-        self._close()
-
-    def before_val_epoch(self, runner) -> None:
-        self._open(runner, len(runner.val_dataloader), 'validation')
-
-    def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def after_val_epoch(self, runner, metrics=None) -> None:
-        self._close()
-
-    def before_test_epoch(self, runner) -> None:
-        self._open(runner, len(runner.test_dataloader), 'test')
-
-    def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-
-    def after_test_epoch(self, runner, metrics=None) -> None:
-        self._close()

@@ -49,11 +49,13 @@ class TopoClassifier(BaseModel):
         label_smoothing (float): Cross-entropy label smoothing (0.1 in the ImageNet recipe).
         channels_last (bool): Run the network in channels-last memory format (faster on
             CPUs with oneDNN and on tensor-core GPUs).
+        flip_test (bool): Predictions average the class probabilities of each image and of its
+            horizontal mirror (test-time augmentation for data trained with random flips).
         data_preprocessor (dict): A ``ClsDataPreprocessor`` config.
     """
 
     def __init__(self, backbone: Dict[str, Any], label_smoothing: float = 0.0, channels_last: bool = False,
-                 data_preprocessor: Optional[Union[dict, BaseDataPreprocessor]] = None,
+                 flip_test: bool = False, data_preprocessor: Optional[Union[dict, BaseDataPreprocessor]] = None,
                  init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         import timm
@@ -68,6 +70,7 @@ class TopoClassifier(BaseModel):
         self.backbone = timm.create_model(self.model_name, **backbone)
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
+        self.flip_test = flip_test
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
 
@@ -82,6 +85,9 @@ class TopoClassifier(BaseModel):
         if mode == 'loss':
             return dict(loss_cls=F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing))
         if mode == 'predict':
+            if self.flip_test:
+                mirrored = self.backbone(inputs.flip(3))
+                logits = (logits.softmax(1) + mirrored.softmax(1)).div(2).log()
             return [dict(logits=row.detach(), label=int(lab)) for row, lab in zip(logits, labels)]
         raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}")
 

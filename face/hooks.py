@@ -10,7 +10,9 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-__all__ = ['FaceVerificationHook', 'FaceExportHook', 'FaceProgressBarHook', 'VERIFICATION_INFO_KEY']
+from backbones.mmengine_hooks import ProgressBarHook  # noqa: F401  (registers it for the configs)
+
+__all__ = ['FaceVerificationHook', 'FaceExportHook', 'VERIFICATION_INFO_KEY']
 
 VERIFICATION_INFO_KEY = 'face_verification'
 
@@ -121,32 +123,3 @@ class FaceExportHook(Hook):
             plot_adjacency(stages, os.path.join(runner.work_dir, 'adjacency.png'),
                            title=f'face TopoNet, iteration {iteration}')
         runner.logger.info(f'exported {path}')
-
-
-@HOOKS.register_module()
-class FaceProgressBarHook(Hook):
-    """One tqdm bar over the iteration-based training (rank 0; none in redirected logs)."""
-
-    priority = 'VERY_LOW'
-
-    def __init__(self):
-        self._bar = None
-
-    def before_train(self, runner) -> None:
-        from mmengine.dist import get_rank
-        from tqdm import tqdm
-        if get_rank() == 0:
-            self._bar = tqdm(total=runner.max_iters, initial=runner.iter, desc='training', unit='it',
-                             dynamic_ncols=True, disable=None, mininterval=1.0)
-
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-            loss = (outputs or {}).get('loss')
-            if loss is not None:
-                self._bar.set_postfix(loss=f'{float(loss.detach() if hasattr(loss, "detach") else loss):.3f}')
-
-    def after_train(self, runner) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None

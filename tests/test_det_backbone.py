@@ -59,11 +59,11 @@ def test_registry_build_levels_channels_and_strides():
     backbone = MODELS.build(dict(SMALL))
     assert isinstance(backbone, TopoNetBackbone)
     feats = backbone(torch.randn(2, 3, 96, 64))
-    assert [tuple(f.shape) for f in feats] == [(2, 32, 24, 16), (2, 64, 12, 8), (2, 128, 6, 4), (2, 256, 3, 2)]
-    assert backbone.out_channels == [32, 64, 128, 256] and backbone.out_strides == [4, 8, 16, 32]
+    assert [tuple(f.shape) for f in feats] == [(2, 32, 24, 16), (2, 64, 12, 8), (2, 128, 6, 4), (2, 160, 3, 2)]
+    assert backbone.out_channels == [32, 64, 128, 160] and backbone.out_strides == [4, 8, 16, 32]
     # a subset of levels; stages after the last requested one are not run
     backbone = MODELS.build(dict(SMALL, out_indices=(1, 3)))
-    assert [tuple(f.shape) for f in backbone(torch.randn(1, 3, 64, 64))] == [(1, 64, 8, 8), (1, 256, 2, 2)]
+    assert [tuple(f.shape) for f in backbone(torch.randn(1, 3, 64, 64))] == [(1, 64, 8, 8), (1, 160, 2, 2)]
     assert backbone.out_strides == [8, 32]
     backbone = MODELS.build(dict(type='TopoNetBackbone', name='toponet_fmnist_complete', out_indices=(0, 1)))
     assert backbone.out_strides == [2, 4]  # the checkpoint's own strides when not overridden

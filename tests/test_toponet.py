@@ -99,7 +99,7 @@ def test_timm_interface():
     matcher = model.group_matcher(coarse=True)
     assert set(matcher) == {'stem', 'blocks'}
     final, inter = model.forward_intermediates(torch.randn(2, 1, 28, 28))
-    assert [t.shape[1] for t in inter] == [16, 32, 64, 128, 256] and final.shape[1] == 256
+    assert [t.shape[1] for t in inter] == [16, 32, 64, 128, 160] and final.shape[1] == 160
 
 
 def test_features_only():

@@ -40,5 +40,5 @@ default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=100, max
 custom_hooks = [
     dict(type='FaceVerificationHook', interval=max_iters, bins=[f'{data_root}/train/toy_val.bin'], image_size=32),
     dict(type='FaceExportHook', out_name='toponet_face_toy', interval=max_iters),
-    dict(type='FaceProgressBarHook'),
+    dict(type='ProgressBarHook'),
 ]

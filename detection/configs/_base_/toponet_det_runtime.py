@@ -1,6 +1,7 @@
 # What every detection run of this project adds to mmdet's runtime: our registrations
 # (TopoNetBackbone, CheckedCocoDataset, the sparsity optimizer wrapper and its constructor)
-# and the check that the head predicts the dataset's classes.
-custom_imports = dict(imports=['backbones.mmdet_backbone', 'backbones.mmengine_optim', 'detection'],
+# the check that the head predicts the dataset's classes, and the shared progress bar.
+custom_imports = dict(imports=['backbones.mmdet_backbone', 'backbones.mmengine_optim', 'backbones.mmengine_hooks',
+                               'detection'],
                       allow_failed_imports=False)
-custom_hooks = [dict(type='DetectionDataCheckHook')]
+custom_hooks = [dict(type='DetectionDataCheckHook'), dict(type='ProgressBarHook')]

@@ -11,7 +11,7 @@ model = dict(
         _delete_=True, type='TopoNetBackbone', name='toponet_fmnist_complete', alpha_trainable=True,
         stem_stride=2, stage_strides=(2, 2, 2, 2), out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
         init_cfg=dict(type='Pretrained', checkpoint='work_dirs/demo/fmnist/toponet_fmnist.safetensors')),
-    neck=dict(in_channels=[32, 64, 128, 256], out_channels=64),
+    neck=dict(in_channels=[32, 64, 128, 160], out_channels=64),
     rpn_head=dict(in_channels=64, feat_channels=64),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=64, roi_layer=dict(sampling_ratio=2)),

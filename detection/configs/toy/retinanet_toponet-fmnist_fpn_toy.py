@@ -14,7 +14,7 @@ model = dict(
         _delete_=True, type='TopoNetBackbone', name='toponet_fmnist_complete', alpha_trainable=True,
         stem_stride=2, stage_strides=(2, 2, 2, 2), out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False,
         init_cfg=dict(type='Pretrained', checkpoint='work_dirs/demo/fmnist/toponet_fmnist.safetensors')),
-    neck=dict(in_channels=[32, 64, 128, 256], out_channels=64, start_level=0, add_extra_convs='on_output',
+    neck=dict(in_channels=[32, 64, 128, 160], out_channels=64, start_level=0, add_extra_convs='on_output',
               num_outs=5),
     bbox_head=dict(num_classes=3, in_channels=64, stacked_convs=2, feat_channels=64,
                    anchor_generator=dict(octave_base_scale=4, scales_per_octave=2, strides=[4, 8, 16, 32, 64]),

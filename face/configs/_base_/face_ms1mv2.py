@@ -36,5 +36,5 @@ custom_hooks = [
     dict(type='FaceVerificationHook', interval=2000,
          bins=[f'{data_root}/lfw.bin', f'{data_root}/cfp_fp.bin', f'{data_root}/agedb_30.bin']),
     dict(type='FaceExportHook', out_name='toponet_face', interval=2000),
-    dict(type='FaceProgressBarHook'),
+    dict(type='ProgressBarHook'),
 ]
