@@ -37,7 +37,8 @@ class StageTopology:
     alpha: np.ndarray
 
     def __post_init__(self):
-        alpha = np.asarray(self.alpha, dtype=np.float32).reshape(-1)
+        # a snapshot: never a view of a live parameter that training keeps changing
+        alpha = np.array(self.alpha, dtype=np.float32, copy=True).reshape(-1)
         if alpha.shape[0] != self.graph.num_edges:
             raise ValueError(f'stage has {self.graph.num_edges} edges but {alpha.shape[0]} alpha values')
         object.__setattr__(self, 'alpha', alpha)

@@ -76,3 +76,12 @@ def test_family_report_writes_table_and_pngs(tmp_path):
     assert (tmp_path / 'toponet_complete_adjacency.png').read_bytes()[:4] == b'\x89PNG'
     assert json.loads((tmp_path / 'report.json').read_text())[1]['model'] == 'toponet_residual_l3'
     assert '| toponet_complete | {91,190,325,91} |' in (tmp_path / 'report.md').read_text()
+
+
+def test_extracted_topology_is_a_snapshot():
+    # Later training steps must not change a topology taken earlier.
+    model = timm.create_model('toponet_fmnist_complete', num_classes=10, in_chans=1)
+    before = extract_topology(model)
+    with torch.no_grad():
+        model.stages[0].edge_weights.mul_(3.0)
+    assert all(np.all(s.alpha == 1.0) for s in before)
