@@ -15,7 +15,8 @@ SETUP_INPUTS := requirements.txt pyproject.toml tools/setup/install_env.sh tools
 .PHONY: demo test report setup data clean
 
 # Train a small TopoNet (complete DAGs, alpha, adaptive sparsity) on Fashion-MNIST, score the
-# exported checkpoint on the 10k test set. --resume: an interrupted demo continues, a finished
+# exported checkpoint on the 10k test set, fine-tune a detector from it on toy COCO, and train
+# and evaluate a face TopoNet on toy identities. --resume: an interrupted demo continues, a finished
 # one is only re-scored (rm -rf $(DEMO_DIR) to train again).
 demo: setup data
 	$(VENV)/bin/python tools/train_cls.py $(DEMO_CONFIG) --work-dir $(DEMO_DIR)/fmnist --resume
@@ -26,9 +27,10 @@ demo: setup data
 	    --cfg-options model.backbone.init_cfg.checkpoint=$(DEMO_DIR)/fmnist/toponet_fmnist.safetensors
 	$(VENV)/bin/python tools/test_det.py $(DET_DEMO_CONFIG) $(DEMO_DIR)/det
 	$(VENV)/bin/python tools/demo_face.py --work-dir $(DEMO_DIR)/face
-	@echo "outputs: checkpoint $(DEMO_DIR)/fmnist/toponet_fmnist.safetensors; learned adjacency" \
-	      "$(DEMO_DIR)/fmnist/adjacency.png; alpha histogram $(DEMO_DIR)/fmnist/alpha_hist.png;" \
-	      "topology $(DEMO_DIR)/fmnist/topology.{json,npz}; logs $(DEMO_DIR)/fmnist/"
+	@echo "outputs: classification checkpoint $(DEMO_DIR)/fmnist/toponet_fmnist.safetensors, learned adjacency" \
+	      "$(DEMO_DIR)/fmnist/adjacency.png, alpha histogram $(DEMO_DIR)/fmnist/alpha_hist.png, topology" \
+	      "$(DEMO_DIR)/fmnist/topology.{json,npz}; detector $(DEMO_DIR)/det; face model, verification and" \
+	      "CMC curves $(DEMO_DIR)/face"
 
 # The TopoNet family against the paper's Table 4: edges, params, MACs, adjacency PNGs.
 report: setup

@@ -88,7 +88,7 @@ class TopoNetBackbone(BaseModule):
     Example:
         >>> backbone = TopoNetBackbone('toponet_fmnist_complete', stem_stride=2, stage_strides=(2, 2, 2, 2))
         >>> [tuple(f.shape) for f in backbone(torch.randn(1, 3, 64, 64))]
-        [(1, 32, 16, 16), (1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2)]
+        [(1, 32, 16, 16), (1, 64, 8, 8), (1, 128, 4, 4), (1, 160, 2, 2)]
     """
 
     def __init__(self, name: str, out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,

@@ -95,3 +95,15 @@ def test_save_is_atomic(tmp_path, monkeypatch, saved):
         save_checkpoint(path, model, 'toponet_fmnist_random_p04')
     assert open(path, 'rb').read() == before
     assert [p.name for p in tmp_path.iterdir()] == ['model.safetensors']
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+    from backbones.io_utils import atomic_write_text
+    path = tmp_path / 'note.txt'
+    atomic_write_text(str(path), 'x')
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    assert not [p for p in os.listdir(tmp_path) if p.endswith('.tmp')]
