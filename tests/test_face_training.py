@@ -59,7 +59,8 @@ def test_train_resume_and_evaluate(toy, tmp_path):
     _train(toy, work, 4, resume=True)  # continues from iteration 2
     assert read_checkpoint(ckpt).meta['iter'] == 4
     logs = [open(os.path.join(r, f)).read() for r, _, fs in os.walk(work) for f in fs if f.endswith('.log')]
-    assert len(logs) == 2 and any('resumed epoch: 0, iter: 2' in text for text in logs)
+    # (two runs within the same second share mmengine's timestamped log, so count no files)
+    assert any('resumed epoch: 0, iter: 2' in text for text in logs)
 
     mf = f'{toy}/megaface'
     out = str(tmp_path / 'mf')

@@ -11,6 +11,10 @@ Suites (each pair measured in this one invocation, every model in its own subpro
          Target >= 1.0x on CPU with channels_last at the same batch.
   agg    toponet_complete's two eager aggregation formulations (backbones.dag.AGGREGATIONS):
          'stacked' vs 'weighted_sum', train step and inference.
+  prune  inference of the compact pruned network vs the unpruned one built from --checkpoint
+         (default: the make-demo Fashion-MNIST checkpoint), beside the ratio of their MACs.
+  face   MegaFace identification time and peak memory (tools/benchmark_megaface.py, 3,530 x
+         --distractors x 256-d) and RecordIO read + JPEG decode throughput (112x112 faces).
 """
 from __future__ import annotations
 
@@ -24,12 +28,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backbones.benchmark import BenchSpec, compare, machine_info, run_in_subprocess  # noqa: E402
 
-SUITES = ('train', 'infer', 'agg')
+SUITES = ('train', 'infer', 'agg', 'prune', 'face')
+DEFAULT_SUITES = ('train', 'infer', 'agg')
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--suites', nargs='+', default=list(SUITES), choices=SUITES)
+    p.add_argument('--suites', nargs='+', default=list(DEFAULT_SUITES), choices=SUITES,
+                   help=f'default: {" ".join(DEFAULT_SUITES)}')
     p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
     p.add_argument('--amp', action='store_true', help='autocast: float16 on CUDA, bfloat16 on CPU')
     p.add_argument('--no-channels-last', dest='channels_last', action='store_false')
@@ -39,6 +45,12 @@ def parse_args():
     p.add_argument('--runs', type=int, default=5)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    p.add_argument('--checkpoint', default='work_dirs/demo/fmnist/toponet_fmnist.safetensors',
+                   help='prune suite: the trained network to prune')
+    p.add_argument('--keep-ratio', type=float, default=0.5, help='prune suite: fraction of edges kept')
+    p.add_argument('--criterion', default='relative', choices=('abs', 'relative'), help='prune suite: edge score')
+    p.add_argument('--distractors', type=int, default=1_000_000, help='face suite: MegaFace distractors')
+    p.add_argument('--records', type=int, default=2000, help='face suite: images in the RecordIO file')
     p.add_argument('--out', default=None, help='also write the results as JSON here')
     return p.parse_args()
 
@@ -53,8 +65,70 @@ def _row(label, r, ratios=None):
 
 
 def _label(spec):
-    extra = ','.join(f'{k}={v}' for k, v in spec.model_kwargs.items())
+    def short(key, value):
+        if key == 'graphs':
+            return f'{sum(len(g["edges"]) for g in value)} edges'
+        return value
+
+    extra = ','.join(f'{k}={short(k, v)}' for k, v in spec.model_kwargs.items() if k not in ('num_classes', 'seed'))
     return f'{spec.model} {spec.mode}' + (f' ({extra})' if extra else '')
+
+
+def prune_suite(args, base, pair):
+    """Compact network vs the unpruned one: same checkpoint, same batch, inference."""
+    from backbones.checkpoint import create_model_from_checkpoint, read_checkpoint
+    from backbones.complexity import count_macs
+    from backbones.pruning import build_compact_model, prune_masks
+
+    if not os.path.isfile(args.checkpoint):
+        raise SystemExit(f'prune suite: checkpoint {args.checkpoint} not found (run make demo, or pass --checkpoint)')
+    ckpt = read_checkpoint(args.checkpoint)
+    model = create_model_from_checkpoint(args.checkpoint).eval()
+    masks, _ = prune_masks(model, keep_ratio=args.keep_ratio, criterion=args.criterion)
+    compact, _ = build_compact_model(model, masks)
+    compact.eval()
+    size = model.pretrained_cfg['input_size']
+    macs = [count_macs(m, (1,) + tuple(size)) for m in (model, compact)]
+    kwargs = {k: v for k, v in ckpt.model_kwargs.items() if k != 'graphs'}
+    spec = replace(base, mode='infer', model=ckpt.model_name, img_size=size[-1],
+                   batch_size=args.infer_batch_size or 256)
+    print(f'prune: {args.checkpoint}, keep ratio {args.keep_ratio} ({args.criterion}): '
+          f'MACs {macs[0] / 1e6:.2f}M -> {macs[1] / 1e6:.2f}M (x{macs[0] / macs[1]:.2f} fewer)')
+    pair('prune', replace(spec, model_kwargs={**kwargs, 'graphs': [g.to_dict() for g in compact.graphs]}),
+         replace(spec, model_kwargs={**kwargs, 'graphs': [g.to_dict() for g in model.graphs]}), {})
+    return {'macs': macs, 'mac_ratio': macs[0] / macs[1]}
+
+
+def face_suite(args):
+    """MegaFace identification at scale, and RecordIO decode throughput."""
+    import subprocess
+    import tempfile
+    import time
+
+    import numpy as np
+    from face.recordio import FaceRecordSet, write_face_recordset
+
+    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'benchmark_megaface.py')
+    proc = subprocess.run([sys.executable, tool, '--distractors', str(args.distractors)], capture_output=True,
+                          text=True, check=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(('identification time', 'peak resident'))]
+    print('[face] megaface: ' + '; '.join(lines))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(args.records, 112, 112, 3), dtype=np.uint8)
+    images = (images // 32 * 32).astype(np.uint8)  # blocky, compressible content like a face crop's
+    with tempfile.TemporaryDirectory() as root:
+        write_face_recordset(root, list(images), [i % 100 for i in range(args.records)])
+        records = FaceRecordSet(root)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for i in range(len(records)):
+                records.read(i)
+            times.append(time.perf_counter() - start)
+    rate = len(records) / sorted(times)[1]
+    print(f'[face] recordio: {len(records)} 112x112 JPEG records read and decoded at {rate:.0f} images/s '
+          f'(median of 3 passes, one process)')
+    return {'megaface': lines, 'recordio_images_per_s': rate}
 
 
 def main():
@@ -98,6 +172,10 @@ def main():
             bs = base.batch_size if mode == 'train' else infer_bs
             pair(f'agg_{mode}', replace(base, mode=mode, batch_size=bs, model_kwargs={'aggregation': 'stacked'}),
                  replace(base, mode=mode, batch_size=bs, model_kwargs={'aggregation': 'weighted_sum'}), {})
+    if 'prune' in args.suites:
+        report['results']['prune'] = prune_suite(args, base, pair)
+    if 'face' in args.suites:
+        report['results']['face'] = face_suite(args)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(report, f, indent=2, default=str)
