@@ -74,7 +74,6 @@ class _Publish(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, ws: StackedWorkspace, row: int) -> torch.Tensor:
         ws.write(row, x)
         ctx.ws, ctx.row = ws, row
-        ctx.x_shape, ctx.x_cl = x.shape, ws.channels_last
         ctx.set_materialize_grads(False)
         return x.new_empty(0)
 

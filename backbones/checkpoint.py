@@ -27,7 +27,7 @@ from torch import nn
 from .io_utils import atomic_write
 from .topology_export import StageTopology, extract_topology, topology_from_dict, topology_to_dict
 
-__all__ = ['TopoCheckpoint', 'save_checkpoint', 'read_checkpoint', 'create_model_from_checkpoint']
+__all__ = ['TopoCheckpoint', 'save_checkpoint', 'export_run', 'read_checkpoint', 'create_model_from_checkpoint']
 
 _FORMAT = 'toponet-checkpoint'
 _VERSION = '1'
@@ -66,6 +66,30 @@ def save_checkpoint(path: str, model: nn.Module, model_name: str, model_kwargs: 
         'meta': json.dumps(meta or {}, sort_keys=True, default=str),
     }
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def export_run(work_dir: str, out_name: str, model: nn.Module, model_name: str,
+               model_kwargs: Optional[Dict[str, Any]] = None, meta: Optional[Dict[str, Any]] = None,
+               title: str = '', pictures: bool = True) -> str:
+    """What every training run of the project leaves in ``work_dir``: the checkpoint
+    ``<out_name>.safetensors``, ``topology.{json,npz}`` and, with ``pictures``,
+    ``adjacency.png`` and ``alpha_hist.png`` (all written atomically). A network without DAG
+    stages gets the checkpoint only. Returns the checkpoint path."""
+    from .topology_export import save_topology_json, save_topology_npz
+
+    path = os.path.join(work_dir, f'{out_name}.safetensors')
+    save_checkpoint(path, model, model_name, model_kwargs=model_kwargs, meta=meta)
+    try:
+        stages = extract_topology(getattr(model, 'module', model))
+    except ValueError:
+        return path  # no DAG stages: nothing more to write
+    save_topology_json(stages, os.path.join(work_dir, 'topology.json'))
+    save_topology_npz(stages, os.path.join(work_dir, 'topology.npz'))
+    if pictures:
+        from .viz import plot_adjacency, plot_alpha_histogram
+        plot_adjacency(stages, os.path.join(work_dir, 'adjacency.png'), title=title)
+        plot_alpha_histogram({'learned': stages}, os.path.join(work_dir, 'alpha_hist.png'), title=title)
+    return path
 
 
 def read_checkpoint(path: str) -> TopoCheckpoint:

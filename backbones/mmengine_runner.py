@@ -17,9 +17,9 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
-__all__ = ['allow_mmengine_checkpoint_globals', 'build_runner_cfg']
+__all__ = ['allow_mmengine_checkpoint_globals', 'build_runner_cfg', 'train_from_command_line']
 
 
 def _history_buffer_state(self) -> dict:
@@ -84,3 +84,32 @@ def build_runner_cfg(config: str, work_dir: Optional[str] = None, cfg_options: O
                                   'OptimWrapper': 'AmpOptimWrapper'}.get(wrapper, wrapper)
     allow_mmengine_checkpoint_globals()
     return cfg
+
+
+def train_from_command_line(argv: Optional[Sequence[str]], description: str, config_help: str = 'mmengine config file',
+                            imports: Sequence[str] = ()) -> int:
+    """The one command line of every task's training tool (``tools/train_{cls,det,face}.py``):
+    ``CONFIG [--work-dir] [--cfg-options k=v ...] [--resume] [--amp] [--launcher]``, then
+    ``build_runner_cfg`` and mmengine's ``Runner.train``. ``imports`` are modules to import
+    before the config is read (registrations, config-path lookups)."""
+    import argparse
+    import importlib
+
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('config', help=config_help)
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default work_dirs/<config name>)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: key=value')
+    parser.add_argument('--resume', action='store_true', help='resume from the latest checkpoint in work-dir')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (AMP optimizer wrapper)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default=None,
+                        help='distributed launcher (default: pytorch under torchrun, else none)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    from mmengine.runner import Runner
+    for module in imports:
+        importlib.import_module(module)
+    cfg = build_runner_cfg(args.config, args.work_dir, args.cfg_options, args.resume, args.launcher, args.amp)
+    Runner.from_cfg(cfg).train()
+    return 0

@@ -59,23 +59,11 @@ class ExportCheckpointHook(Hook):
 
     @master_only
     def _export(self, runner) -> None:
+        from backbones.checkpoint import export_run
         self._exported_iter = runner.iter
-        from backbones.checkpoint import save_checkpoint
-        from backbones.topology_export import extract_topology, save_topology_json, save_topology_npz
         model = getattr(runner.model, 'module', runner.model)
         meta = dict(task='classification', epoch=runner.epoch, iter=runner.iter,
                     metrics=self._last_metrics, experiment=runner.experiment_name)
-        path = os.path.join(runner.work_dir, f'{self.out_name}.safetensors')
-        save_checkpoint(path, model.backbone, model.model_name, model_kwargs=model.model_kwargs, meta=meta)
-        try:
-            stages = extract_topology(model.backbone)
-        except ValueError:
-            return  # no DAG stages: nothing more to draw
-        save_topology_json(stages, os.path.join(runner.work_dir, 'topology.json'))
-        save_topology_npz(stages, os.path.join(runner.work_dir, 'topology.npz'))
-        if self.pictures:
-            from backbones.viz import plot_adjacency, plot_alpha_histogram
-            title = f'{model.model_name}, epoch {runner.epoch}'
-            plot_adjacency(stages, os.path.join(runner.work_dir, 'adjacency.png'), title=title)
-            plot_alpha_histogram({'learned': stages}, os.path.join(runner.work_dir, 'alpha_hist.png'), title=title)
+        path = export_run(runner.work_dir, self.out_name, model.backbone, model.model_name, model.model_kwargs, meta,
+                          title=f'{model.model_name}, epoch {runner.epoch}', pictures=self.pictures)
         runner.logger.info(f'exported {path} and the topology pictures to {runner.work_dir}')

@@ -85,8 +85,8 @@ class FaceExportHook(Hook):
     """Every ``interval`` iterations and after training write, under ``work_dir``, the
     shared checkpoint ``<out_name>.safetensors`` of the embedding network (model name
     ``face_toponet``; ``face.model.load_face_checkpoint`` rebuilds it) with the latest
-    verification results in its metadata, plus ``topology.{json,npz}`` and
-    ``adjacency.png``. Every file is written atomically."""
+    verification results in its metadata, plus ``topology.{json,npz}``, ``adjacency.png``
+    and ``alpha_hist.png`` (``backbones.checkpoint.export_run``)."""
 
     priority = 'BELOW_NORMAL'  # after the verification of the same iteration
 
@@ -106,20 +106,12 @@ class FaceExportHook(Hook):
 
     @master_only
     def _export(self, runner, iteration: int) -> None:
-        from backbones.checkpoint import save_checkpoint
-        from backbones.topology_export import extract_topology, save_topology_json, save_topology_npz
+        from backbones.checkpoint import export_run
         self._exported_iter = iteration
         model = _unwrap(runner)
         verification = runner.message_hub.get_info(VERIFICATION_INFO_KEY) or {}
         meta = dict(task='face', iter=iteration, verification=verification, experiment=runner.experiment_name,
                     num_classes=model.head.num_classes, margins=list(model.head.margins), scale=model.head.scale)
-        path = os.path.join(runner.work_dir, f'{self.out_name}.safetensors')
-        save_checkpoint(path, model.backbone, 'face_toponet', model_kwargs=model.model_kwargs, meta=meta)
-        stages = extract_topology(model.backbone)
-        save_topology_json(stages, os.path.join(runner.work_dir, 'topology.json'))
-        save_topology_npz(stages, os.path.join(runner.work_dir, 'topology.npz'))
-        if self.pictures:
-            from backbones.viz import plot_adjacency
-            plot_adjacency(stages, os.path.join(runner.work_dir, 'adjacency.png'),
-                           title=f'face TopoNet, iteration {iteration}')
+        path = export_run(runner.work_dir, self.out_name, model.backbone, 'face_toponet', model.model_kwargs, meta,
+                          title=f'face TopoNet, iteration {iteration}', pictures=self.pictures)
         runner.logger.info(f'exported {path}')

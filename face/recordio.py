@@ -218,18 +218,7 @@ class IndexedRecordIO:
         where = f'{self.rec_path}, record {index}'
         while True:
             pos = f.tell()
-            head = f.read(_HEAD.size)
-            if len(head) < _HEAD.size:
-                raise RecordIOError(f'{where}: truncated file, no record header at byte {pos}')
-            magic, lrecord = _HEAD.unpack(head)
-            if magic != RECORDIO_MAGIC:
-                raise RecordIOError(f'{where}: bad magic 0x{magic:08x} at byte {pos} (expected 0x{RECORDIO_MAGIC:08x})')
-            cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
-            data = f.read(length)
-            if len(data) < length:
-                raise RecordIOError(f'{where}: truncated file, the record announces {length} bytes at byte {pos} '
-                                    f'but only {len(data)} remain')
-            f.seek(-length % 4, os.SEEK_CUR)
+            cflag, data = _read_part(f, where)
             expected = (0, 1) if not parts else (2, 3)
             if cflag not in expected:
                 raise RecordIOError(f'{where}: part flag {cflag} at byte {pos} where one of {expected} was expected')
@@ -371,6 +360,25 @@ def folder_to_recordset(folder: str, root: str, name: str = 'train', progress: b
     return len(identities)
 
 
+def _read_part(f, where: str) -> Tuple[int, bytes]:
+    """One physical part at the file position: its continuation flag and payload (the file
+    is left at the next 4-byte-aligned part)."""
+    pos = f.tell()
+    head = f.read(_HEAD.size)
+    if len(head) < _HEAD.size:
+        raise RecordIOError(f'{where}: truncated file, no record header at byte {pos}')
+    magic, lrecord = _HEAD.unpack(head)
+    if magic != RECORDIO_MAGIC:
+        raise RecordIOError(f'{where}: bad magic 0x{magic:08x} at byte {pos} (expected 0x{RECORDIO_MAGIC:08x})')
+    cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
+    data = f.read(length)
+    if len(data) < length:
+        raise RecordIOError(f'{where}: truncated file, the record announces {length} bytes at byte {pos} '
+                            f'but only {len(data)} remain')
+    f.seek(-length % 4, os.SEEK_CUR)
+    return cflag, data
+
+
 def iter_records(rec_path: str) -> Iterator[bytes]:
     """Sequential read of every record of a ``.rec`` file (no index needed)."""
     size = os.path.getsize(rec_path)
@@ -378,18 +386,7 @@ def iter_records(rec_path: str) -> Iterator[bytes]:
         parts: List[bytes] = []
         count = 0
         while f.tell() < size:
-            pos = f.tell()
-            head = f.read(_HEAD.size)
-            if len(head) < _HEAD.size:
-                raise RecordIOError(f'{rec_path}, record {count}: truncated header at byte {pos}')
-            magic, lrecord = _HEAD.unpack(head)
-            if magic != RECORDIO_MAGIC:
-                raise RecordIOError(f'{rec_path}, record {count}: bad magic 0x{magic:08x} at byte {pos}')
-            cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
-            data = f.read(length)
-            if len(data) < length:
-                raise RecordIOError(f'{rec_path}, record {count}: truncated payload at byte {pos}')
-            f.seek(-length % 4, os.SEEK_CUR)
+            cflag, data = _read_part(f, f'{rec_path}, record {count}')
             parts.append(data)
             if cflag in (0, 3):
                 yield _MAGIC_BYTES.join(parts)
