@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-__all__ = ['BenchSpec', 'BenchResult', 'machine_info', 'run_in_subprocess', 'measure', 'compare']
+__all__ = ['BenchSpec', 'BenchResult', 'machine_info', 'run_in_subprocess', 'measure', 'compare', 'profile_ops',
+           'profile_in_subprocess']
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class BenchSpec:
         warmup (int): Untimed repetitions first.
         threads (int, optional): ``torch.set_num_threads`` for the CPU.
         model_kwargs (dict): Extra ``timm.create_model`` arguments.
+        grad_checkpointing (bool): Recompute each stage in backward (``set_grad_checkpointing``).
+        env (dict): Environment variables of the measuring subprocess.
     """
 
     model: str
@@ -56,6 +59,8 @@ class BenchSpec:
     warmup: int = 2
     threads: Optional[int] = None
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    grad_checkpointing: bool = False
+    env: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in ('train', 'infer'):
@@ -117,8 +122,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(spec: BenchSpec) -> BenchResult:
-    """Run ``spec`` in this process (``run_in_subprocess`` isolates peak memory)."""
+def _build_step(spec: BenchSpec):
+    """The model of ``spec`` and a closure running one step of it."""
     import timm
     import backbones  # noqa: F401  (registers our models)
 
@@ -131,6 +136,8 @@ def measure(spec: BenchSpec) -> BenchResult:
     torch.manual_seed(0)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
     model = timm.create_model(spec.model, **spec.model_kwargs).to(spec.device, memory_format=memory_format)
+    if spec.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     in_chans = model.pretrained_cfg.get('input_size', (3,))[0]
     x = torch.randn(spec.batch_size, in_chans, spec.img_size, spec.img_size, device=spec.device)
     x = x.contiguous(memory_format=memory_format)
@@ -156,6 +163,12 @@ def measure(spec: BenchSpec) -> BenchResult:
             with torch.inference_mode(), torch.autocast(spec.device, dtype=amp_dtype, enabled=spec.amp):
                 model(x)
 
+    return model, step
+
+
+def measure(spec: BenchSpec) -> BenchResult:
+    """Run ``spec`` in this process (``run_in_subprocess`` isolates peak memory)."""
+    _model, step = _build_step(spec)
     _sync(spec.device)
     if spec.device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -185,7 +198,7 @@ def run_in_subprocess(spec: BenchSpec, timeout: float = 1800.0) -> BenchResult:
     code = ('import json, sys; from backbones.benchmark import BenchSpec, measure; from dataclasses import asdict; '
             'r = measure(BenchSpec(**json.loads(sys.argv[1]))); '
             'print("BENCH_RESULT " + json.dumps(asdict(r)))')
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''), **spec.env)
     proc = subprocess.run([sys.executable, '-c', code, json.dumps(asdict(spec))], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=repo)
     for line in proc.stdout.splitlines():
@@ -203,3 +216,51 @@ def compare(candidate: BenchResult, reference: BenchResult) -> Dict[str, float]:
         'memory_ratio': (candidate.peak_mem_mb / reference.peak_mem_mb) if reference.peak_mem_mb else float('nan'),
         'throughput_ratio': candidate.images_per_s / reference.images_per_s,
     }
+
+
+def profile_ops(spec: BenchSpec, steps: int = 3, top: int = 15) -> List[Dict[str, Any]]:
+    """Where a step's time goes: the ``top`` aten ops by self time per step (device time on
+    CUDA, CPU time otherwise), after ``spec.warmup`` untimed steps, under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _model, step = _build_step(spec)
+    for _ in range(max(1, spec.warmup)):
+        step()
+    _sync(spec.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if spec.device == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(spec.device)
+    rows = []
+    for event in prof.key_averages():
+        if not event.key.startswith('aten::'):
+            continue
+        if spec.device == 'cuda':
+            self_us = getattr(event, 'self_device_time_total', None)
+            if self_us is None:  # torch < 2.4
+                self_us = event.self_cuda_time_total
+        else:
+            self_us = event.self_cpu_time_total
+        if self_us > 0:
+            rows.append({'op': event.key, 'ms_per_step': self_us / 1e3 / steps, 'calls_per_step': event.count / steps})
+    rows.sort(key=lambda r: -r['ms_per_step'])
+    total = sum(r['ms_per_step'] for r in rows)
+    for r in rows:
+        r['share'] = r['ms_per_step'] / total if total else 0.0
+    return rows[:top]
+
+
+def profile_in_subprocess(spec: BenchSpec, steps: int = 3, top: int = 15, timeout: float = 1800.0):
+    """``profile_ops`` in a fresh interpreter."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ('import json, sys; from backbones.benchmark import BenchSpec, profile_ops; '
+            'rows = profile_ops(BenchSpec(**json.loads(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])); '
+            'print("PROFILE_RESULT " + json.dumps(rows))')
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''), **spec.env)
+    proc = subprocess.run([sys.executable, '-c', code, json.dumps(asdict(spec)), str(steps), str(top)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=repo)
+    for line in proc.stdout.splitlines():
+        if line.startswith('PROFILE_RESULT '):
+            return json.loads(line[len('PROFILE_RESULT '):])
+    raise RuntimeError(f'profile of {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,25 +49,17 @@ class Normalizer(nn.Module):
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
 
-def _subset(n_total: int, n: Optional[int], seed: int) -> Optional[np.ndarray]:
-    if n is None or n >= n_total:
-        return None
-    if n < 1:
-        raise ValueError(f'sample count must be >= 1, got {n}')
-    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
-
-
 def fashion_mnist_loader(split: str, root: Optional[str] = None, samples: Optional[int] = None,
                          batch_size: int = 128, seed: int = 0) -> DataLoader:
     """A Fashion-MNIST loader, optionally over a seeded random subset of ``samples``
     images. ``'train'``: random crop + flip, shuffled (seeded), last partial batch
     dropped; ``'test'``: in order, no augmentation."""
-    from .datasets import FASHION_MNIST_DIR, FashionMNIST
+    from .datasets import FASHION_MNIST_DIR, FashionMNIST, subset_indices
     root = root or FASHION_MNIST_DIR
     train = split == 'train'
     transform = 'fmnist_train' if train else None
     dataset = FashionMNIST(root, split, transform=transform)
-    indices = _subset(len(dataset), samples, seed + (0 if train else 1))
+    indices = subset_indices(len(dataset), samples, seed + (0 if train else 1))
     if indices is not None:
         dataset = FashionMNIST(root, split, transform=transform, indices=indices)
     if train:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from .transforms import build_transform
 
-__all__ = ['read_idx', 'write_idx', 'FashionMNIST', 'Cifar100', 'ImageNetFolder', 'restricted_pickle_load',
+__all__ = ['read_idx', 'write_idx', 'subset_indices', 'FashionMNIST', 'Cifar100', 'ImageNetFolder', 'restricted_pickle_load',
            'FASHION_MNIST_DIR', 'FASHION_MNIST_CLASSES']
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
@@ -87,6 +87,16 @@ def _find_idx(root: str, stem: str) -> str:
     raise FileNotFoundError(
         f'Fashion-MNIST file {stem}(.gz) not found in {root}; install the Debian package dataset-fashion-mnist '
         f'or point the dataset root at a folder with the four IDX files')
+
+
+def subset_indices(n_total: int, n: Optional[int], seed: int) -> Optional[np.ndarray]:
+    """Sorted indices of a seeded random subset of ``n`` out of ``n_total`` samples; ``None``
+    (everything) when ``n`` is ``None`` or at least ``n_total``."""
+    if n is None or n >= n_total:
+        return None
+    if n < 1:
+        raise ValueError(f'sample count must be >= 1, got {n}')
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
 
 
 class _InMemoryImages(Dataset):

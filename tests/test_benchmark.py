@@ -1,6 +1,6 @@
 import pytest
 
-from backbones.benchmark import BenchResult, BenchSpec, compare, machine_info, measure
+from backbones.benchmark import BenchResult, BenchSpec, compare, machine_info, measure, profile_ops
 
 
 def test_spec_validation():
@@ -36,3 +36,25 @@ def test_compare_is_candidate_over_reference():
 def test_machine_info_names_versions():
     info = machine_info()
     assert {'python', 'torch', 'timm', 'cpu', 'cpu_count'} <= set(info)
+
+
+def test_profile_ops_lists_the_step_s_aten_ops_by_time():
+    spec = BenchSpec(model='toponet_fmnist_complete', batch_size=4, img_size=28, runs=1, warmup=1)
+    rows = profile_ops(spec, steps=1, top=8)
+    assert 0 < len(rows) <= 8 and all(r['op'].startswith('aten::') for r in rows)
+    times = [r['ms_per_step'] for r in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert 0 < sum(r['share'] for r in rows) <= 1 + 1e-9
+    # a train step convolves forward and backward
+    ops = {r['op'] for r in profile_ops(spec, steps=1, top=100)}
+    assert 'aten::convolution_backward' in ops
+
+
+def test_measure_with_gradient_checkpointing():
+    from backbones.benchmark import _build_step
+    spec = BenchSpec(model='toponet_fmnist_complete', batch_size=4, img_size=28, runs=1, warmup=1,
+                     grad_checkpointing=True)
+    model, step = _build_step(spec)
+    assert model.grad_checkpointing is True
+    step()
+    assert measure(spec).median_s > 0

@@ -11,6 +11,10 @@ Suites (each pair measured in this one invocation, every model in its own subpro
          Target >= 1.0x on CPU with channels_last at the same batch.
   agg    toponet_complete's two eager aggregation formulations (backbones.dag.AGGREGATIONS):
          'stacked' vs 'weighted_sum', train step and inference.
+  ckpt   toponet_complete with per-stage gradient checkpointing vs toponet_residual_l2 without:
+         what recomputation buys in peak memory and costs in time.
+  profile  where a train step's time goes: the top aten ops by self time (device time on
+         CUDA) for toponet_complete and toponet_residual_l2, side by side.
   prune  inference of the compact pruned network vs the unpruned one built from --checkpoint
          (default: the make-demo Fashion-MNIST checkpoint), beside the ratio of their MACs.
   face   MegaFace identification time and peak memory (tools/benchmark_megaface.py, 3,530 x
@@ -26,9 +30,10 @@ from dataclasses import asdict, replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from backbones.benchmark import BenchSpec, compare, machine_info, run_in_subprocess  # noqa: E402
+from backbones.benchmark import (BenchSpec, compare, machine_info, profile_in_subprocess,  # noqa: E402
+                                 run_in_subprocess)
 
-SUITES = ('train', 'infer', 'agg', 'prune', 'face')
+SUITES = ('train', 'infer', 'agg', 'ckpt', 'profile', 'prune', 'face')
 DEFAULT_SUITES = ('train', 'infer', 'agg')
 
 
@@ -71,6 +76,8 @@ def _label(spec):
         return value
 
     extra = ','.join(f'{k}={short(k, v)}' for k, v in spec.model_kwargs.items() if k not in ('num_classes', 'seed'))
+    extra += ''.join(f',{k}={v}' for k, v in spec.env.items()) + (',grad_checkpointing' if spec.grad_checkpointing else '')
+    extra = extra.strip(',')
     return f'{spec.model} {spec.mode}' + (f' ({extra})' if extra else '')
 
 
@@ -97,6 +104,22 @@ def prune_suite(args, base, pair):
     pair('prune', replace(spec, model_kwargs={**kwargs, 'graphs': [g.to_dict() for g in compact.graphs]}),
          replace(spec, model_kwargs={**kwargs, 'graphs': [g.to_dict() for g in model.graphs]}), {})
     return {'macs': macs, 'mac_ratio': macs[0] / macs[1]}
+
+
+def profile_suite(base):
+    """Top aten ops of one train step, complete (alpha learnable) vs residual l=2."""
+    out = {}
+    unit = 'device' if base.device == 'cuda' else 'CPU'
+    for spec in (replace(base, mode='train'),
+                 replace(base, mode='train', model='toponet_residual_l2', model_kwargs={'alpha_trainable': False})):
+        rows = profile_in_subprocess(spec)
+        label = _label(spec)
+        out[label] = rows
+        print(f'[profile] {label}: top aten ops by self {unit} time per train step')
+        for r in rows:
+            print(f'  {r["op"]:<48} {r["ms_per_step"]:9.2f} ms {100 * r["share"]:6.1f}% '
+                  f'{r["calls_per_step"]:7.0f} calls')
+    return out
 
 
 def face_suite(args):
@@ -172,6 +195,17 @@ def main():
             bs = base.batch_size if mode == 'train' else infer_bs
             pair(f'agg_{mode}', replace(base, mode=mode, batch_size=bs, model_kwargs={'aggregation': 'stacked'}),
                  replace(base, mode=mode, batch_size=bs, model_kwargs={'aggregation': 'weighted_sum'}), {})
+            if cuda:  # the Triton row sum against torch.mv (cuBLAS gemv) inside the stacked path
+                pair(f'agg_{mode}_row_sum', replace(base, mode=mode, batch_size=bs,
+                                                    model_kwargs={'aggregation': 'stacked'}),
+                     replace(base, mode=mode, batch_size=bs, model_kwargs={'aggregation': 'stacked'},
+                             env={'TOPONET_ROW_SUM': 'torch'}), {})
+    if 'ckpt' in args.suites:
+        pair('ckpt', replace(base, mode='train', grad_checkpointing=True),
+             replace(base, mode='train', model='toponet_residual_l2', model_kwargs={'alpha_trainable': False}),
+             {'memory_ratio': ('<=', 1.15)})
+    if 'profile' in args.suites:
+        report['results']['profile'] = profile_suite(base)
     if 'prune' in args.suites:
         report['results']['prune'] = prune_suite(args, base, pair)
     if 'face' in args.suites:
