@@ -109,16 +109,20 @@ class StageLayout:
         self.source_runs = [(min(s), max(s) + 1) if s else None for s in sources]
         self.reader_runs = [(min(r), max(r) + 1) if r else None for r in readers]
         self.row_is_read = [bool(r) for r in readers]
-        self.gathered_edges = torch.tensor(gathered, dtype=torch.long)
+        gathered_edges = torch.tensor(gathered, dtype=torch.long)
         # flat position of each gathered edge in A (N x rows) and in G @ X^T ((N - 2) x rows)
-        self.coeff_index = torch.tensor([edges[e][1] * self.rows + edges[e][0] for e in gathered], dtype=torch.long)
-        self.grad_index = torch.tensor([(edges[e][1] - 2) * self.rows + edges[e][0] for e in gathered],
-                                       dtype=torch.long)
+        coeff_index = torch.tensor([edges[e][1] * self.rows + edges[e][0] for e in gathered], dtype=torch.long)
+        grad_index = torch.tensor([(edges[e][1] - 2) * self.rows + edges[e][0] for e in gathered], dtype=torch.long)
+        self._indices = {torch.device('cpu'): (gathered_edges, coeff_index, grad_index)}
 
-    def to(self, device: torch.device) -> 'StageLayout':
-        for name in ('gathered_edges', 'coeff_index', 'grad_index'):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
+    def indices(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(gathered_edges, coeff_index, grad_index)`` on ``device``, copied there once.
+        Never moved in place: replicas of a module on several devices share the layout."""
+        cached = self._indices.get(device)
+        if cached is None:
+            cached = tuple(t.to(device) for t in self._indices[torch.device('cpu')])
+            self._indices[device] = cached
+        return cached
 
 
 class StackedWorkspace:
@@ -179,13 +183,14 @@ class _Coefficients(torch.autograd.Function):
     def backward(ctx, _token_grad):
         ws = ctx.ws
         layout = ws.layout
-        grad_alpha = torch.zeros(ctx.alpha_shape, dtype=ctx.alpha_dtype, device=layout.coeff_index.device)
+        device = ws.buffer.device
+        gathered_edges, _, grad_index = layout.indices(device)
+        grad_alpha = torch.zeros(ctx.alpha_shape, dtype=ctx.alpha_dtype, device=device)
         if ws.grad_buffer is not None:
             with torch.autocast(ws.buffer.device.type, enabled=False):
                 # <g_i, x_j> for every (reader i >= 2, row j): one GEMM over the whole stage
                 inner = torch.mm(ws.grad_buffer[2:], ws.buffer.t())
-            grad_alpha.index_copy_(0, layout.gathered_edges,
-                                   inner.view(-1).index_select(0, layout.grad_index).to(ctx.alpha_dtype))
+            grad_alpha.index_copy_(0, gathered_edges, inner.view(-1).index_select(0, grad_index).to(ctx.alpha_dtype))
         return grad_alpha, None
 
 
@@ -256,5 +261,6 @@ def gather(ws: StackedWorkspace, node: int, coeff_token: torch.Tensor, tokens: L
 def _coefficient_matrix(alpha: torch.Tensor, layout: StageLayout) -> torch.Tensor:
     """``A[dst, src]`` (N x rows, zero where there is no edge) from the edge weights."""
     flat = alpha.new_zeros(layout.num_nodes * layout.rows)
-    flat.index_copy_(0, layout.coeff_index, alpha.detach().index_select(0, layout.gathered_edges))
+    gathered_edges, coeff_index, _ = layout.indices(alpha.device)
+    flat.index_copy_(0, coeff_index, alpha.detach().index_select(0, gathered_edges))
     return flat.view(layout.num_nodes, layout.rows)

@@ -190,10 +190,8 @@ class DAGStage(nn.Module):
         """Same result as ``_forward_eager``, through ``backbones.aggregation`` (row i of the
         buffer holds node i's output; row 0 the stage input as the other nodes read it)."""
         alpha = self.edge_weights
-        layout = self._stacked_layout
-        if layout.coeff_index.device != alpha.device:  # moved once, not per step
-            layout.to(alpha.device)
-        ws = stacked.StackedWorkspace(layout)
+        ws = stacked.StackedWorkspace(self._stacked_layout)
+        layout = ws.layout
         tokens: List[torch.Tensor] = []
         last = self.num_nodes - 1
         if layout.row_is_read[0]:

@@ -268,3 +268,14 @@ def test_weighted_row_sum_matches_explicit_sum():
     # a run of consecutive rows of a larger buffer, as a gather reads them
     torch.testing.assert_close(weighted_row_sum(rows[1:4], coeffs[1:4]),
                                sum(coeffs[r] * rows[r] for r in range(1, 4)), rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_layout_copies_its_indices_per_device_and_never_moves_them():
+    # nn.DataParallel replicas share a stage's layout across devices: a copy per device,
+    # never an in-place move that another replica would see.
+    stage = DAGStage(complete_graph(6), 4, 8, stride=2)
+    layout = stage._stacked_layout
+    on_meta = layout.indices(torch.device('meta'))
+    assert all(t.device.type == 'meta' for t in on_meta)
+    assert all(t.device.type == 'cpu' for t in layout.indices(torch.device('cpu')))
+    assert layout.indices(torch.device('meta')) is on_meta  # copied once
