@@ -36,9 +36,9 @@ demo: setup data
 report: setup
 	$(VENV)/bin/python tools/toponet_report.py --out-dir work_dirs/toponet_report
 
-# The reproduction study of Tables 4 and 7 and Figures 3-6 on Fashion-MNIST: 13 topologies x
-# 3 seeds plus the analyses, about 45 min on 2 idle CPU cores (docs/reproduction.md). Finished
-# runs are skipped on the next call.
+# The reproduction study of Tables 4 and 7 and Figures 3-6 on Fashion-MNIST: 14 variants x
+# 5 seeds plus the analyses, about 75 min on 2 CPU cores (docs/reproduction.md). Finished runs
+# are skipped on the next call.
 reproduce: setup data
 	$(VENV)/bin/python tools/reproduce.py --out-dir work_dirs/reproduce
 
