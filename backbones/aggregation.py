@@ -29,8 +29,8 @@ use the reference path).
 Every weighted sum of rows (a gather forward, a pull backward) is ``weighted_row_sum``: on
 CUDA a Triton kernel that streams the k rows once with a float32 accumulator (cuBLAS gemv
 on these k x 10^7 operands reached about a quarter of the H200's memory bandwidth,
-``docs/performance.md``), elsewhere ``torch.mv``. ``TOPONET_ROW_SUM=torch`` forces
-``torch.mv`` everywhere (for comparisons).
+``docs/performance.md``), elsewhere ``torch.mv``. ``TOPONET_ROW_SUM=torch`` in the
+environment at import forces ``torch.mv`` everywhere (for comparisons).
 """
 from __future__ import annotations
 
@@ -77,9 +77,13 @@ def _triton_row_sum():
     return launch
 
 
+# read once: weighted_row_sum runs twice per node and step
+_TRITON_ALLOWED = os.environ.get('TOPONET_ROW_SUM', 'auto') != 'torch'
+
+
 def weighted_row_sum(rows: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """``sum_r coeffs[r] * rows[r]`` for a ``(k, M)`` matrix of unit column stride; ``(M,)``."""
-    if rows.is_cuda and rows.stride(1) == 1 and os.environ.get('TOPONET_ROW_SUM', 'auto') != 'torch':
+    if rows.is_cuda and rows.stride(1) == 1 and _TRITON_ALLOWED:
         kernel = _triton_row_sum()
         if kernel is not None:
             return kernel(rows, coeffs.to(torch.float64 if rows.dtype == torch.float64 else torch.float32))
@@ -109,6 +113,9 @@ class StageLayout:
         self.source_runs = [(min(s), max(s) + 1) if s else None for s in sources]
         self.reader_runs = [(min(r), max(r) + 1) if r else None for r in readers]
         self.row_is_read = [bool(r) for r in readers]
+        # dense: the runs of rows the gathers read hold at most 1.5x as many rows as there are edges
+        run_rows = sum(run[1] - run[0] for run in self.source_runs if run)
+        self.dense = run_rows <= 1.5 * len(gathered)
         gathered_edges = torch.tensor(gathered, dtype=torch.long)
         # flat position of each gathered edge in A (N x rows) and in G @ X^T ((N - 2) x rows)
         coeff_index = torch.tensor([edges[e][1] * self.rows + edges[e][0] for e in gathered], dtype=torch.long)
@@ -237,7 +244,7 @@ def coefficients(ws: StackedWorkspace, alpha: torch.Tensor) -> torch.Tensor:
     token every ``gather`` must take."""
     if torch.is_grad_enabled() and alpha.requires_grad:
         return _Coefficients.apply(alpha, ws)
-    ws.coeffs = _coefficient_matrix(alpha.detach(), ws.layout)
+    ws.coeffs = _coefficient_matrix(alpha, ws.layout)
     return alpha.new_empty(0)
 
 

@@ -192,21 +192,26 @@ def measure(spec: BenchSpec) -> BenchResult:
                        images_per_s=spec.batch_size / median)
 
 
+def _run_python(code: str, args, marker: str, spec: BenchSpec, timeout: float, what: str):
+    """Run ``code`` in a fresh interpreter with ``spec.env``; returns the JSON after ``marker``."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''), **spec.env)
+    proc = subprocess.run([sys.executable, '-c', code, json.dumps(asdict(spec)), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=repo)
+    for line in proc.stdout.splitlines():
+        if line.startswith(marker + ' '):
+            return json.loads(line[len(marker) + 1:])
+    raise RuntimeError(f'{what} of {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
+
+
 def run_in_subprocess(spec: BenchSpec, timeout: float = 1800.0) -> BenchResult:
     """``measure(spec)`` in a fresh interpreter; raises with its stderr if it fails."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ('import json, sys; from backbones.benchmark import BenchSpec, measure; from dataclasses import asdict; '
             'r = measure(BenchSpec(**json.loads(sys.argv[1]))); '
             'print("BENCH_RESULT " + json.dumps(asdict(r)))')
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''), **spec.env)
-    proc = subprocess.run([sys.executable, '-c', code, json.dumps(asdict(spec))], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=repo)
-    for line in proc.stdout.splitlines():
-        if line.startswith('BENCH_RESULT '):
-            data = json.loads(line[len('BENCH_RESULT '):])
-            data['spec'] = BenchSpec(**data['spec'])
-            return BenchResult(**data)
-    raise RuntimeError(f'benchmark of {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
+    data = _run_python(code, (), 'BENCH_RESULT', spec, timeout, 'benchmark')
+    data['spec'] = BenchSpec(**data['spec'])
+    return BenchResult(**data)
 
 
 def compare(candidate: BenchResult, reference: BenchResult) -> Dict[str, float]:
@@ -253,14 +258,7 @@ def profile_ops(spec: BenchSpec, steps: int = 3, top: int = 15) -> List[Dict[str
 
 def profile_in_subprocess(spec: BenchSpec, steps: int = 3, top: int = 15, timeout: float = 1800.0):
     """``profile_ops`` in a fresh interpreter."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = ('import json, sys; from backbones.benchmark import BenchSpec, profile_ops; '
             'rows = profile_ops(BenchSpec(**json.loads(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])); '
             'print("PROFILE_RESULT " + json.dumps(rows))')
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''), **spec.env)
-    proc = subprocess.run([sys.executable, '-c', code, json.dumps(asdict(spec)), str(steps), str(top)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=repo)
-    for line in proc.stdout.splitlines():
-        if line.startswith('PROFILE_RESULT '):
-            return json.loads(line[len('PROFILE_RESULT '):])
-    raise RuntimeError(f'profile of {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
+    return _run_python(code, (steps, top), 'PROFILE_RESULT', spec, timeout, 'profile')

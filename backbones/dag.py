@@ -67,7 +67,7 @@ class DAGStage(nn.Module):
     in_edges: List[List[Tuple[int, int]]]  # TorchScript needs the attribute type spelled out
     __jit_unused_properties__ = ['alpha_trainable', 'aggregation']
     __jit_ignored_attributes__ = ['_unit_cache_key', '_unit_cache', '_in_slices', '_in_sources', '_aggregation',
-                                  '_stacked_layout', '_dense']
+                                  '_stacked_layout']
 
     def __init__(self, graph: GraphSpec, in_chs: int, out_chs: int, stride: int = 1,
                  node_op: str = 'sep', alpha_trainable: bool = True, node_kwargs: Optional[Dict] = None,
@@ -86,9 +86,6 @@ class DAGStage(nn.Module):
         self._in_slices = [(e[0][0], e[-1][0] + 1) if e else (0, 0) for e in self.in_edges]
         self._in_sources = [[src for _, src in e] for e in self.in_edges]
         self._stacked_layout = stacked.StageLayout(graph.num_nodes, graph.edges)
-        # dense: the source runs the stacked path reads hold at most 1.5x the real edges
-        run_rows = sum(max(srcs) - min(srcs) + 1 for srcs in self._in_sources[2:] if srcs)
-        self._dense = run_rows <= 1.5 * sum(len(srcs) for srcs in self._in_sources[2:])
         reshapes = stride != 1 or in_chs != out_chs
         needs_proj = reshapes and any(src == 0 and dst != 1 for src, dst in graph.edges)
         if not needs_proj:
@@ -162,7 +159,7 @@ class DAGStage(nn.Module):
         """Same result as the scripted path; node inputs go through ``_WeightedSum``, one
         autograd node per node with no temporaries (see its docstring)."""
         use_stacked = self._aggregation == 'stacked' or (
-            self._aggregation == 'auto' and x.is_cuda and self._dense and not self._alpha_fixed_at_one())
+            self._aggregation == 'auto' and x.is_cuda and self._stacked_layout.dense and not self._alpha_fixed_at_one())
         if use_stacked and not torch.compiler.is_compiling():
             return self._forward_stacked(x)
         alpha = self.edge_weights

@@ -10,11 +10,11 @@ import numpy as np
 from .io_utils import atomic_write
 from .topology_export import StageTopology
 
-__all__ = ['plot_adjacency', 'plot_alpha_histogram', 'plot_adjacency_grid', 'plot_similarity_matrices',
+__all__ = ['save_png', 'plot_adjacency', 'plot_alpha_histogram', 'plot_adjacency_grid', 'plot_similarity_matrices',
            'plot_node_damage', 'plot_edge_damage', 'plot_snapshot_accuracy']
 
 
-def _save_png(fig, path: str) -> None:
+def save_png(fig, path: str) -> None:
     """Write ``fig`` atomically as PNG and release it."""
     import matplotlib.pyplot as plt
     try:
@@ -49,7 +49,7 @@ def plot_adjacency(stages: Sequence[StageTopology], path: str, title: Optional[s
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9, label='alpha')
     if title:
         fig.suptitle(title, fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_alpha_histogram(runs: dict, path: str, title: Optional[str] = None, bins: int = 60) -> None:
@@ -73,7 +73,7 @@ def plot_alpha_histogram(runs: dict, path: str, title: Optional[str] = None, bin
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_adjacency_grid(runs: dict, path: str, title: Optional[str] = None) -> None:
@@ -108,7 +108,7 @@ def plot_adjacency_grid(runs: dict, path: str, title: Optional[str] = None) -> N
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label='alpha')
     if title:
         fig.suptitle(title, fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_similarity_matrices(similarity: Sequence[dict], names: Sequence[str], path: str,
@@ -131,7 +131,7 @@ def plot_similarity_matrices(similarity: Sequence[dict], names: Sequence[str], p
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label='cosine similarity')
     if title:
         fig.suptitle(title, fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_node_damage(result: dict, path: str, title: Optional[str] = None) -> None:
@@ -157,7 +157,7 @@ def plot_node_damage(result: dict, path: str, title: Optional[str] = None) -> No
     axes[0][0].legend(fontsize=7, loc='lower left')
     if title:
         fig.suptitle(title, fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_edge_damage(result: dict, path: str, title: Optional[str] = None) -> None:
@@ -181,7 +181,7 @@ def plot_edge_damage(result: dict, path: str, title: Optional[str] = None) -> No
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_snapshot_accuracy(rows: Sequence[dict], path: str, title: Optional[str] = None) -> None:
@@ -200,4 +200,4 @@ def plot_snapshot_accuracy(rows: Sequence[dict], path: str, title: Optional[str]
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ['StudyVariant', 'StudySettings', 'VARIANTS', 'PAPER_CLAIMS', 'select_variants', 'build_run_config',
-           'run_study', 'summarize', 'evaluate_claims', 'rank_correlation', 'report_markdown', 'plot_study']
+           'run_tool', 'run_study', 'summarize', 'evaluate_claims', 'rank_correlation', 'report_markdown', 'plot_study']
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_CONFIG = os.path.join(ROOT, 'classification', 'configs', 'toponet_fmnist_adaptive.py')
@@ -250,6 +251,22 @@ def _checkpoint_summary(checkpoint_path: str) -> Dict:
                 top1=float(ckpt.meta['metrics']['cls/top1']), iter=int(ckpt.meta['iter']))
 
 
+def run_tool(name: str, *args, threads: int, log_path: str, what: Optional[str] = None) -> None:
+    """Run ``tools/<name>`` in a child process with ``threads`` CPU threads, its output
+    appended to ``log_path``; raises with the log's tail if it fails."""
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', name), *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS='ignore',
+               TQDM_DISABLE='1')
+    with open(log_path, 'a') as log:
+        log.write('$ ' + shlex.join(cmd) + '\n')
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            tail = ''.join(f.readlines()[-15:])
+        raise RuntimeError(f'{what or name} failed (exit {proc.returncode}); log {log_path}:\n{tail}')
+
+
 def _train_one(variant: StudyVariant, seed: int, settings: StudySettings, out_dir: str, base_config: str) -> Dict:
     """Train (or resume) one run in a child process and write its ``result.json``."""
     from backbones.io_utils import atomic_write_text
@@ -263,19 +280,11 @@ def _train_one(variant: StudyVariant, seed: int, settings: StudySettings, out_di
     config_path = os.path.join(run_dir, 'config.py')
     cfg = build_run_config(variant, seed, settings, base_config)
     atomic_write_text(config_path, cfg.pretty_text)
-    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads),
-               PYTHONWARNINGS='ignore', TQDM_DISABLE='1')
-    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train_cls.py'), config_path, '--work-dir', run_dir, '--resume']
     start = time.time()
-    log_path = os.path.join(run_dir, 'train.log')
-    with open(log_path, 'a') as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    run_tool('train_cls.py', config_path, '--work-dir', run_dir, '--resume', threads=settings.threads,
+             log_path=os.path.join(run_dir, 'train.log'), what=f'{variant.name} seed {seed}')
     wall = time.time() - start
     checkpoint = os.path.join(run_dir, f'{CHECKPOINT_NAME}.safetensors')
-    if proc.returncode != 0 or not os.path.isfile(checkpoint):
-        with open(log_path) as f:
-            tail = ''.join(f.readlines()[-15:])
-        raise RuntimeError(f'{variant.name} seed {seed} failed (exit {proc.returncode}); log {log_path}:\n{tail}')
     summary = _checkpoint_summary(checkpoint)
     if summary['iter'] != settings.iters:
         raise RuntimeError(f'{checkpoint} was exported at iteration {summary["iter"]}, expected {settings.iters}')
@@ -286,8 +295,8 @@ def _train_one(variant: StudyVariant, seed: int, settings: StudySettings, out_di
 
 def run_study(variants: Sequence[StudyVariant], settings: StudySettings, out_dir: str, jobs: int = 2,
               base_config: str = BASE_CONFIG, log: Callable[[str], None] = print) -> List[Dict]:
-    """Train every (variant, seed) pair, ``jobs`` at a time; returns the finished runs'
-    results. Failed runs are reported and raise once the others are done."""
+    """Train every (variant, seed) pair, ``jobs`` at a time; returns the runs' results in
+    task order (seed-major). Failed runs are reported and raise once the others are done."""
     if jobs < 1:
         raise ValueError(f'jobs must be >= 1, got {jobs}')
     tasks = [(v, s) for s in settings.seeds for v in variants]  # seed-major: every variant has a seed early
@@ -316,7 +325,8 @@ def run_study(variants: Sequence[StudyVariant], settings: StudySettings, out_dir
                 f'{(time.time() - start) / 60:.1f} min elapsed{eta})')
     if failures:
         raise RuntimeError(f'{len(failures)} of {len(tasks)} runs failed:\n' + '\n'.join(failures))
-    return results
+    order = {(v.name, s): i for i, (v, s) in enumerate(tasks)}
+    return sorted(results, key=lambda r: order[(r['variant'], r['seed'])])  # not completion order
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -381,29 +391,12 @@ def evaluate_claims(rows: Sequence[Dict], claims=PAPER_CLAIMS) -> List[Dict]:
     return verdicts
 
 
-def _ranks(values: Sequence[float]) -> List[float]:
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1  # ties share their mean rank
-        i = j + 1
-    return ranks
-
-
 def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Spearman's rank correlation (Pearson correlation of the ranks; ties averaged)."""
+    from scipy.stats import spearmanr
     if len(xs) != len(ys) or len(xs) < 2:
         raise ValueError(f'need two equally long sequences of at least 2 values, got {len(xs)} and {len(ys)}')
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-    return cov / var if var else float('nan')
+    return float(spearmanr(xs, ys).statistic)
 
 
 def _fmt_mean(row: Dict) -> str:
@@ -418,6 +411,8 @@ def _fmt_edges(edges) -> str:
 def report_markdown(rows: Sequence[Dict], claims: Sequence[Dict], settings: StudySettings, command: str,
                     wall_minutes: Optional[float] = None) -> str:
     """The study's tables (ours next to the paper's), the claims and the settings."""
+    from scipy.stats import rankdata  # ties share their mean rank
+
     lines = ['# Reproduction study on Fashion-MNIST: results', '',
              f'Command: `{command}`', '',
              f'Each run: {settings.iters} iterations of batch {settings.batch_size} '
@@ -431,8 +426,8 @@ def report_markdown(rows: Sequence[Dict], claims: Sequence[Dict], settings: Stud
         chosen = [r for r in rows if table in r['table'].split(',')]
         if not chosen:
             continue
-        ours_rank = _ranks([-r['mean'] for r in chosen])
-        paper_rank = _ranks([-r['paper_mean'] for r in chosen])
+        ours_rank = rankdata([-r['mean'] for r in chosen])
+        paper_rank = rankdata([-r['paper_mean'] for r in chosen])
         lines += ['', f'## {title}', '',
                   '| variant | initial edges (ours) | initial edges (paper) | top-1 ours (%) | per seed | rank ours '
                   '| top-1 paper (%) | rank paper |',
@@ -473,7 +468,7 @@ def plot_study(rows: Sequence[Dict], path: str) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from backbones.viz import _save_png
+    from backbones.viz import save_png
 
     labels = [r['label'].replace(' (our method)', ' *') for r in rows]
     ys = list(range(len(rows)))[::-1]
@@ -499,4 +494,4 @@ def plot_study(rows: Sequence[Dict], path: str) -> None:
         ax.grid(axis='x', alpha=0.3)
     fig.suptitle('Topologies: this study vs the paper (blue: Table 4, orange: Table 7, red: both, '
                  'green: our lambda ablation)', fontsize=10)
-    _save_png(fig, path)
+    save_png(fig, path)

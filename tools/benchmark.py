@@ -76,9 +76,9 @@ def _label(spec):
             return f'{sum(len(g["edges"]) for g in value)} edges'
         return value
 
-    extra = ','.join(f'{k}={short(k, v)}' for k, v in spec.model_kwargs.items() if k not in ('num_classes', 'seed'))
-    extra += ''.join(f',{k}={v}' for k, v in spec.env.items()) + (',grad_checkpointing' if spec.grad_checkpointing else '')
-    extra = extra.strip(',')
+    parts = [f'{k}={short(k, v)}' for k, v in spec.model_kwargs.items() if k not in ('num_classes', 'seed')]
+    parts += [f'{k}={v}' for k, v in spec.env.items()] + (['grad_checkpointing'] if spec.grad_checkpointing else [])
+    extra = ','.join(parts)
     return f'{spec.model} {spec.mode}' + (f' ({extra})' if extra else '')
 
 

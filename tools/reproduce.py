@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -33,22 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tool(name, *args, threads, log_path):
-    cmd = [sys.executable, os.path.join(ROOT, 'tools', name), *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS='ignore')
-    with open(log_path, 'a') as log:
-        log.write('$ ' + shlex.join(cmd) + '\n')
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        with open(log_path) as f:
-            tail = ''.join(f.readlines()[-15:])
-        raise RuntimeError(f'{name} failed (exit {proc.returncode}); log {log_path}:\n{tail}')
-
-
 def run_analysis(out_dir, settings, results, threads):
     """Figures 3-6 for the adaptive-sparse model, each skipped when its output exists."""
-    from classification.study import CHECKPOINT_NAME
+    from classification.study import CHECKPOINT_NAME, run_tool
 
     def ckpt(variant, seed):
         return os.path.join(out_dir, 'runs', variant, f'seed{seed}', f'{CHECKPOINT_NAME}.safetensors')
@@ -96,7 +82,7 @@ def run_analysis(out_dir, settings, results, threads):
             continue
         start = time.time()
         print(f'analysis: {title} ...', flush=True)
-        _tool(tool, *args, threads=threads, log_path=log_path)
+        run_tool(tool, *args, threads=threads, log_path=log_path)
         print(f'analysis: {title}: {time.time() - start:.0f} s', flush=True)
 
 
