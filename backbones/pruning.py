@@ -21,19 +21,27 @@ Three steps, each usable on its own:
    result is an ordinary static TopoNet: it saves in the shared checkpoint format and loads
    through ``create_model_from_checkpoint`` or timm with nothing new in the format.
 
-Renumbering. Kept nodes keep their topological order and are numbered 0..M-1. Node 1 of a
-stage is special (``backbones/dag.py``): it alone reads the raw stage input and carries the
-stride and channel change, while every other edge out of the stage input reads the shared
-input projection. When node 1 survives, everything maps one to one (the input projection
-stays if some other edge still leaves the stage input). When node 1 is removed but other
-edges still leave the stage input, the input projection becomes the new node 1: it is built
-exactly like a stride-carrying node (same op, stride and widths), so its weights move into
-node 1 unchanged, the new edge (0, 1) gets alpha 1, and every kept edge (0, j) becomes
-(1, j') with its alpha: the same function, computed once, with no projection left over. A
-stage whose shape does not change has no projection; there the first kept computing node
-simply becomes node 1 (its op has the same shape). A stage whose output keeps no input edge
-cannot be built (the network would be cut) and is refused (``max_threshold`` gives the
-largest ``|alpha|`` threshold that keeps every stage connected).
+Renumbering. Kept nodes keep their topological order and are numbered 0..M-1. How node 1
+is handled depends on the stage's ``input_path`` (``backbones/dag.py``):
+
+* ``'projection'`` (TopoNet's default): every edge out of the stage input reads the input
+  projection and node 1 is an ordinary node, so everything maps one to one. Node 1 can be
+  removed like any other node (the first kept computing node becomes the new node 1), and
+  the projection stays as long as the stage keeps an edge out of its input, which a
+  connected stage always does.
+* ``'node1'``: node 1 alone reads the raw stage input and carries the stride and channel
+  change, while every other edge out of the stage input reads the shared input projection.
+  When node 1 survives, everything maps one to one (the input projection stays if some
+  other edge still leaves the stage input). When node 1 is removed but other edges still
+  leave the stage input, the input projection becomes the new node 1: it is built exactly
+  like a stride-carrying node (same op, stride and widths), so its weights move into node 1
+  unchanged, the new edge (0, 1) gets alpha 1, and every kept edge (0, j) becomes (1, j')
+  with its alpha: the same function, computed once, with no projection left over.
+
+A stage whose shape does not change has no projection in either mode; there the first kept
+computing node simply becomes node 1 (its op has the same shape). A stage whose output keeps
+no input edge cannot be built (the network would be cut) and is refused (``max_threshold``
+gives the largest ``|alpha|`` threshold that keeps every stage connected).
 
 Deployment helpers: ``export_torchscript``, ``export_onnx``, ``measure_cpu_latency``, and
 ``prune_checkpoint`` (checkpoint in, verified compact checkpoint out).
@@ -52,6 +60,7 @@ from torch import nn
 
 from .graphs import GraphSpec
 from .sparsity import dag_stages
+from .topology_export import StageTopology, check_finite_state_dict, check_finite_topology
 
 __all__ = ['StagePruning', 'threshold_masks', 'keep_ratio_threshold', 'close_mask', 'prune_masks',
            'node_removal_masks', 'apply_edge_masks', 'masked_alpha', 'prune_stage_graph', 'build_compact_model',
@@ -187,6 +196,7 @@ def prune_masks(model_or_alphas, graphs: Optional[Sequence[GraphSpec]] = None, t
         graphs = [s.graph for s in dag_stages(model_or_alphas)]
     if len(graphs) != len(alphas):
         raise ValueError(f'{len(graphs)} graphs for {len(alphas)} stages of alpha')
+    check_finite_topology([StageTopology(g, a) for g, a in zip(graphs, alphas)], 'alpha to prune')
     scores = edge_scores(alphas, graphs, criterion)
     if keep_ratio is not None:
         threshold = ([keep_ratio_threshold([a], keep_ratio) for a in scores] if per_stage
@@ -199,18 +209,40 @@ def prune_masks(model_or_alphas, graphs: Optional[Sequence[GraphSpec]] = None, t
 def max_threshold(model_or_alphas, graphs: Optional[Sequence[GraphSpec]] = None) -> float:
     """The largest threshold that leaves every stage connected from input to output: per
     stage, the best bottleneck (max over paths of the min |alpha| along the path), then the
-    minimum over stages."""
+    minimum over stages.
+
+    With a model, a path made of the direct input->output edge alone counts only where that
+    edge can become a compact stage by itself (a shape-changing stage of ``input_path``
+    ``'node1'`` whose projection is built like a node, promoted to node 1); elsewhere a
+    compact stage needs a computing node, so the path must pass through one. Alphas given
+    without a model: every path counts."""
     alphas = _stage_alphas(model_or_alphas)
-    if graphs is None:
-        graphs = [s.graph for s in dag_stages(model_or_alphas)]
+    if isinstance(model_or_alphas, nn.Module):
+        stages = list(dag_stages(model_or_alphas))
+        if graphs is None:
+            graphs = [s.graph for s in stages]
+        cfg = getattr(model_or_alphas, 'cfg', None)
+        direct_ok = [_direct_edge_builds_a_stage(s, cfg) for s in stages]
+    else:
+        direct_ok = [True] * len(alphas)
     best = float('inf')
-    for graph, alpha in zip(graphs, alphas):
+    for graph, alpha, direct in zip(graphs, alphas, direct_ok):
+        last = graph.num_nodes - 1
         width = [-np.inf] * graph.num_nodes
         width[0] = np.inf
         for e, (src, dst) in enumerate(graph.edges):  # sorted by dst: sources are final
+            if src == 0 and dst == last and not direct:
+                continue
             width[dst] = max(width[dst], min(width[src], abs(float(alpha[e]))))
         best = min(best, width[-1])
     return float(best)
+
+
+def _direct_edge_builds_a_stage(stage, cfg) -> bool:
+    """Whether a stage pruned down to its input->output edge can be built: only by promoting
+    a node-like input projection to node 1 (``input_path='node1'``)."""
+    proj_is_node_op = cfg is None or getattr(cfg, 'proj_op', None) in (None, getattr(cfg, 'node_op', None))
+    return _stage_reshapes(stage) and stage.input_path == 'node1' and proj_is_node_op
 
 
 def node_removal_masks(graphs: Sequence[GraphSpec], stage: int, node: int) -> List[np.ndarray]:
@@ -266,7 +298,7 @@ class StagePruning:
     Attributes:
         graph (GraphSpec): The compact stage's graph (kind ``'pruned'``).
         node_sources (tuple): Per new node, the old node it comes from; ``'proj'`` marks
-            the input projection promoted to node 1.
+            the input projection promoted to node 1 (``input_path='node1'`` only).
         edge_sources (tuple): Per new edge (in ``graph.edges`` order), the old edge index,
             or -1 for the added (0, 1) edge in front of a promoted projection (alpha 1).
         keeps_input_proj (bool): The compact stage still has an input projection.
@@ -283,7 +315,7 @@ class StagePruning:
 
 
 def prune_stage_graph(graph: GraphSpec, mask: Sequence[bool], reshapes: bool, stage_name: str = 'stage',
-                      graph_params: Optional[Dict] = None) -> StagePruning:
+                      graph_params: Optional[Dict] = None, input_path: str = 'node1') -> StagePruning:
     """The compact graph of one stage under a closed ``mask`` (see the module docstring for
     how node 1 and the input projection are handled).
 
@@ -294,7 +326,12 @@ def prune_stage_graph(graph: GraphSpec, mask: Sequence[bool], reshapes: bool, st
             input projection).
         stage_name (str): Named in errors.
         graph_params (dict, optional): Stored in the new graph's ``params``.
+        input_path (str): The stage's ``input_path`` (``backbones.dag.INPUT_PATHS``): with
+            ``'projection'`` the projection is never promoted into node 1.
     """
+    from .dag import INPUT_PATHS
+    if input_path not in INPUT_PATHS:
+        raise ValueError(f'unknown input_path {input_path!r}; expected one of {INPUT_PATHS}')
     mask = close_mask(graph, mask)
     last = graph.num_nodes - 1
     kept_edges = [e for e in range(graph.num_edges) if mask[e]]
@@ -310,10 +347,12 @@ def prune_stage_graph(graph: GraphSpec, mask: Sequence[bool], reshapes: bool, st
     if graph.seed is not None:
         params['source_seed'] = graph.seed
     input_fed = [e for e in kept_edges if graph.edges[e][0] == 0]
-    promote = reshapes and not node1_kept
+    projection_feeds_all = input_path == 'projection'  # node 1 is an ordinary node: nothing to promote
+    promote = reshapes and not node1_kept and not projection_feeds_all
     if not computing and not promote:
-        raise ValueError(f'{stage_name}: only the direct input->output edge survives and the stage does not change '
-                         f'shape, so no node would be left to build; lower the threshold')
+        why = 'the stage does not change shape' if not reshapes else "input_path='projection' promotes no projection"
+        raise ValueError(f'{stage_name}: only the direct input->output edge survives and {why}, so no node would '
+                         f'be left to build; lower the threshold (see max_threshold)')
     if promote:
         node_sources = [0, 'proj'] + computing + [last]
         new_id = {n: i + 2 for i, n in enumerate(computing)}
@@ -330,7 +369,7 @@ def prune_stage_graph(graph: GraphSpec, mask: Sequence[bool], reshapes: bool, st
                           params=params, seed=None)
     by_pair = dict(edge_pairs)
     edge_sources = tuple(by_pair[p] for p in new_graph.edges)
-    keeps_proj = reshapes and not promote and any(graph.edges[e][1] != 1 for e in input_fed)
+    keeps_proj = reshapes and not promote and any(projection_feeds_all or graph.edges[e][1] != 1 for e in input_fed)
     return StagePruning(new_graph, tuple(node_sources), edge_sources, keeps_proj)
 
 
@@ -365,7 +404,8 @@ def build_compact_model(model: nn.Module, masks: Sequence[np.ndarray], graph_par
         raise ValueError(f'{len(graph_params)} graph_params for {len(stages)} stages')
     plans = []
     for s, (stage, mask) in enumerate(zip(stages, masks)):
-        plan = prune_stage_graph(stage.graph, mask, _stage_reshapes(stage), f'stage {s}', graph_params[s])
+        plan = prune_stage_graph(stage.graph, mask, _stage_reshapes(stage), f'stage {s}', graph_params[s],
+                                 input_path=stage.input_path)
         if plan.promotes_input_proj and cfg.proj_op not in (None, cfg.node_op):
             raise ValueError(f'stage {s}: node 1 is pruned and the input projection ({cfg.proj_op}) is not built '
                              f'like a node ({cfg.node_op}), so it cannot take node 1\'s place; lower the threshold')
@@ -433,13 +473,17 @@ def measure_cpu_latency(model: nn.Module, input_size: Sequence[int], runs: int =
                         channels_last: bool = False) -> Dict:
     """Wall time of ``model(x)`` (eval mode, inference mode, one fixed batch) over ``runs``
     timed calls after ``warmup`` untimed ones: median, 10th and 90th percentile in ms.
-    ``channels_last`` converts ``model`` (in place) and the input to that memory format."""
+    ``channels_last`` converts ``model`` (in place) and the input to that memory format. The
+    batch lives on the model's device (on CUDA every call is synchronised before the clock
+    stops)."""
     import time
     if runs < 1 or warmup < 0:
         raise ValueError(f'runs must be >= 1 and warmup >= 0, got {runs} and {warmup}')
     was_training = model.training
     model.eval()
-    x = torch.randn(tuple(input_size))
+    device = next((p.device for p in model.parameters()), torch.device('cpu'))
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    x = torch.randn(tuple(input_size), device=device)
     if channels_last:  # outside inference mode: the converted parameters must stay usable for autograd
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -447,10 +491,12 @@ def measure_cpu_latency(model: nn.Module, input_size: Sequence[int], runs: int =
         with torch.inference_mode():
             for _ in range(warmup):
                 model(x)
+            sync()
             times = []
             for _ in range(runs):
                 start = time.perf_counter()
                 model(x)
+                sync()
                 times.append(1000.0 * (time.perf_counter() - start))
     finally:
         model.train(was_training)
@@ -470,8 +516,9 @@ def prune_checkpoint(path: str, out_path: str, threshold: Optional[float] = None
     report holds the thresholds, per-stage edges and nodes before/after, and both checks'
     largest absolute output difference.
     """
-    from .checkpoint import create_model_from_checkpoint, read_checkpoint, save_checkpoint
+    from .checkpoint import check_same_outputs, create_model_from_checkpoint, read_checkpoint, save_checkpoint
     ckpt = read_checkpoint(path)
+    check_finite_state_dict(ckpt.state_dict, path)
     model = create_model_from_checkpoint(path).eval()
     if keep_ratio is None and threshold is not None and criterion == 'abs':
         limit = max_threshold(model)
@@ -491,17 +538,19 @@ def prune_checkpoint(path: str, out_path: str, threshold: Optional[float] = None
                 'criterion never does)' if criterion == 'abs' else '')
         raise ValueError(f'{err}{hint}') from err
     compact.eval()
-    input_size = tuple(model.pretrained_cfg.get('input_size', (3, 224, 224)))
+    # the built channels, which may differ from the registered default's (a 3-channel toponet_fmnist)
+    channels = next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    input_size = (channels,) + tuple(model.pretrained_cfg.get('input_size', (3, 224, 224)))[1:]
     x = torch.randn((check_batch,) + input_size)
     with torch.no_grad(), masked_alpha(model, masks):
         reference = model(x)
     with torch.no_grad():
-        diff_built = float((compact(x) - reference).abs().max())
+        diff_built = check_same_outputs(compact(x), reference, 'compact model vs masked original')
     meta = {'task': 'pruned', 'pruned_from': os.path.abspath(path), **record, 'source_meta': ckpt.meta}
     save_checkpoint(out_path, compact, ckpt.model_name, model_kwargs=ckpt.model_kwargs, meta=meta)
     reloaded = create_model_from_checkpoint(out_path).eval()
     with torch.no_grad():
-        diff_reloaded = float((reloaded(x) - reference).abs().max())
+        diff_reloaded = check_same_outputs(reloaded(x), reference, 'reloaded compact model vs masked original')
     report = {
         'checkpoint': os.path.abspath(path), 'pruned_checkpoint': os.path.abspath(out_path),
         'model': ckpt.model_name, **record,

@@ -1,25 +1,28 @@
-"""Classification glue for the topology analyses (``backbones.analysis``): data loaders,
-an accuracy callable, a short weight-retraining loop with alpha frozen, and a short
-topology search that snapshots alpha along the way (Figure 6).
+"""Classification glue for the topology analyses (``backbones.analysis``): data loaders
+from any classification config (ImageNet folders, CIFAR-100, Fashion-MNIST), an accuracy
+callable, a short weight-retraining loop with alpha frozen, and a short topology search
+that snapshots alpha along the way (Figure 6).
 
 Plain PyTorch loops rather than an mmengine Runner: each call trains for a few hundred
 iterations at most and is run many times (once per pruning level or snapshot), where the
 Runner's set-up, logging and checkpointing would cost more than the training. Batches are
 normalised with the model's timm ``pretrained_cfg`` mean and std, the values the training
-configs' data preprocessor uses.
+configs' data preprocessor uses; ``ConfigData`` takes them from the config's own data
+preprocessor. Batches go to the model's device.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ['fashion_mnist_loader', 'fashion_mnist_loaders', 'Normalizer', 'evaluate_accuracy', 'accuracy_evaluator',
-           'train_weights', 'search_snapshots', 'standalone_accuracy']
+__all__ = ['fashion_mnist_loader', 'fashion_mnist_loaders', 'ConfigData', 'load_config_data', 'Normalizer',
+           'evaluate_accuracy', 'accuracy_evaluator', 'train_weights', 'search_snapshots', 'standalone_accuracy']
 
 
 class Normalizer(nn.Module):
@@ -45,7 +48,7 @@ class Normalizer(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] != self.mean.shape[1]:
             raise ValueError(f'images have {images.shape[1]} channels, expected {self.mean.shape[1]}')
-        out = (images.float() - self.mean) / self.std
+        out = (images.to(self.mean.device).float() - self.mean) / self.std
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
 
@@ -76,17 +79,136 @@ def fashion_mnist_loaders(root: Optional[str] = None, train_samples: Optional[in
             fashion_mnist_loader('test', root, eval_samples, eval_batch_size, seed))
 
 
+@dataclass
+class ConfigData:
+    """What a classification config gives the analyses: plain loaders over its datasets (any
+    of ``classification.datasets``), the class names, the normalisation of its data
+    preprocessor and its backbone settings. Built by ``load_config_data``.
+
+    Args:
+        config (str): The config file.
+        test_loader (DataLoader): The test split (the ``test_dataloader``'s dataset, else the
+            ``val_dataloader``'s), in order, optionally a seeded subset.
+        train_loader (DataLoader, optional): The ``train_dataloader``'s dataset with its
+            augmentation, shuffled (seeded), last partial batch dropped.
+        classes (tuple): Class names of the test split.
+        mean (sequence, optional): The data preprocessor's mean on the 0-1 scale.
+        std (sequence, optional): The data preprocessor's std on the 0-1 scale.
+        backbone (dict): ``model.backbone``: a timm ``name`` plus its keyword arguments.
+        sparsity (dict, optional): ``optim_wrapper.sparsity`` (``mode``, ``lam``) when set.
+    """
+
+    config: str
+    test_loader: DataLoader
+    train_loader: Optional[DataLoader]
+    classes: Tuple[str, ...]
+    mean: Optional[Sequence[float]]
+    std: Optional[Sequence[float]]
+    backbone: Dict[str, Any]
+    sparsity: Optional[Dict[str, Any]] = None
+
+    def normalizer(self, model: nn.Module, channels_last: bool = False) -> 'Normalizer':
+        """The config's normalisation (else the model's ``pretrained_cfg``), on the model's
+        device, after checking that the model fits the data (channels, classes)."""
+        from backbones.errors import InputError
+        in_chans = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = int(self.test_loader.dataset[0]['inputs'].shape[0])
+        if in_chans is not None and in_chans != channels:
+            raise InputError(f'the images have {channels} channel(s) but the model takes {in_chans}', self.config,
+                             'a checkpoint trained on this kind of data, or --cfg-options that match it')
+        num_classes = getattr(model, 'num_classes', None)
+        if num_classes and len(self.classes) > num_classes:
+            raise InputError(f'the data has {len(self.classes)} classes but the model predicts {num_classes}',
+                             self.config, 'a checkpoint trained on this data')
+        if self.mean is not None and self.std is not None:
+            normalizer = Normalizer(self.mean, self.std, channels_last)
+        else:
+            normalizer = Normalizer.for_model(model, channels_last)
+        return normalizer.to(_device_of(model))
+
+
+def load_config_data(config: str, cfg_options: Optional[dict] = None, train_samples: Optional[int] = None,
+                     eval_samples: Optional[int] = None, batch_size: Optional[int] = None,
+                     eval_batch_size: Optional[int] = None, seed: int = 0, train: bool = True) -> ConfigData:
+    """Datasets, class names and normalisation of a classification config (``--cfg-options``
+    applied), as ``ConfigData``. ``train_samples``/``eval_samples`` pick seeded random
+    subsets (the same images ``fashion_mnist_loader`` picks for Fashion-MNIST); batch sizes
+    default to the config's; ``train=False`` builds no training loader."""
+    from mmengine.config import Config
+    from mmengine.registry import DATASETS
+    from mmengine.utils import import_modules_from_strings
+
+    from backbones.errors import InputError
+    from backbones.mmengine_runner import check_cfg_options
+    from . import datasets as _registered  # noqa: F401  (registers the datasets)
+    from .datasets import subset_indices
+
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        check_cfg_options(cfg, cfg_options)  # a typo in a key is an error, as for training
+        cfg.merge_from_dict(cfg_options)
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+
+    def workers(loader_cfg) -> dict:
+        # the analyses iterate a loader many times: keep its worker processes between passes
+        count = int(loader_cfg.get('num_workers', 0) or 0)
+        return dict(num_workers=count, persistent_workers=count > 0)
+
+    def build(loader_name: str, samples: Optional[int], offset: int):
+        loader_cfg = cfg.get(loader_name)
+        if not loader_cfg or not loader_cfg.get('dataset'):
+            return None, None
+        dataset = DATASETS.build(loader_cfg.dataset)
+        if len(dataset) == 0:
+            raise InputError(f'{loader_name}.dataset is empty', config, 'a dataset with at least one image')
+        indices = subset_indices(len(dataset), samples, seed + offset)
+        if indices is not None:
+            dataset = torch.utils.data.Subset(dataset, indices.tolist())
+        return dataset, loader_cfg
+
+    test_set, test_cfg = build('test_dataloader', eval_samples, 1)
+    if test_set is None:
+        test_set, test_cfg = build('val_dataloader', eval_samples, 1)
+    if test_set is None:
+        raise InputError('no test_dataloader or val_dataloader with a dataset', config,
+                         'a classification config (classification/configs)')
+    test_loader = DataLoader(test_set, batch_size=eval_batch_size or test_cfg.get('batch_size', 100), shuffle=False,
+                             **workers(test_cfg))
+    train_loader = None
+    if train:
+        train_set, train_cfg = build('train_dataloader', train_samples, 0)
+        if train_set is None:
+            raise InputError('no train_dataloader with a dataset', config, 'a classification config')
+        train_loader = DataLoader(train_set, batch_size=batch_size or train_cfg.get('batch_size', 64), shuffle=True,
+                                  drop_last=True, generator=torch.Generator().manual_seed(seed), **workers(train_cfg))
+    base = test_set.dataset if isinstance(test_set, torch.utils.data.Subset) else test_set
+    classes = tuple((getattr(base, 'metainfo', None) or {}).get('classes') or ())
+    model_cfg = cfg.get('model') or {}
+    preprocessor = model_cfg.get('data_preprocessor') or {}
+    backbone = model_cfg.get('backbone')
+    sparsity = (cfg.get('optim_wrapper') or {}).get('sparsity')
+    return ConfigData(config=config, test_loader=test_loader, train_loader=train_loader, classes=classes,
+                      mean=preprocessor.get('mean'), std=preprocessor.get('std'),
+                      backbone=backbone.to_dict() if hasattr(backbone, 'to_dict') else dict(backbone or {}),
+                      sparsity=dict(sparsity) if sparsity else None)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device('cpu'))
+
+
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, loader: DataLoader, normalizer: Optional[Normalizer] = None) -> float:
     """Top-1 accuracy in % of ``model`` (put in eval mode, restored after) over ``loader``."""
-    normalizer = normalizer or Normalizer.for_model(model)
+    normalizer = normalizer or Normalizer.for_model(model).to(_device_of(model))
     was_training = model.training
     model.eval()
     correct = seen = 0
     try:
         for batch in loader:
             logits = model(normalizer(batch['inputs']))
-            correct += int((logits.argmax(1) == batch['labels']).sum())
+            correct += int((logits.argmax(1) == batch['labels'].to(logits.device)).sum())
             seen += int(batch['labels'].numel())
     finally:
         model.train(was_training)
@@ -128,7 +250,7 @@ def train_weights(model: nn.Module, loader: DataLoader, iters: int, normalizer: 
     bad = [i for i in snapshot_iters if not 0 <= i <= iters]
     if bad:
         raise ValueError(f'snapshot iterations {bad} lie outside 0..{iters}')
-    normalizer = normalizer or Normalizer.for_model(model)
+    normalizer = normalizer or Normalizer.for_model(model).to(_device_of(model))
     groups = param_groups_alpha_no_decay(model, weight_decay)
     wanted = set(snapshot_iters)
     if 0 in wanted and on_snapshot:
@@ -144,7 +266,7 @@ def train_weights(model: nn.Module, loader: DataLoader, iters: int, normalizer: 
             for group in optimizer.param_groups:
                 group['lr'] = 0.5 * lr * (1 + math.cos(math.pi * (it - 1) / iters))
             logits = model(normalizer(batch['inputs']))
-            loss = F.cross_entropy(logits, batch['labels'], label_smoothing=label_smoothing)
+            loss = F.cross_entropy(logits, batch['labels'].to(logits.device), label_smoothing=label_smoothing)
             if sparsity is not None:
                 loss = loss + sparsity(model)
             optimizer.zero_grad(set_to_none=True)

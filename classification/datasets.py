@@ -6,24 +6,31 @@
 * ImageNet: ImageFolder layout (``root/<split>/<wnid>/<image>.JPEG``).
 
 Every dataset yields ``dict(inputs=uint8 tensor CxHxW, labels=int)``; normalisation happens
-in the model's data preprocessor (``classification.model.ClsDataPreprocessor``).
+in the model's data preprocessor (``classification.model.ClsDataPreprocessor``). Files are
+validated as they are read: pixels must be uint8 (float IDX images only when they hold
+0..255; floats in 0..1 are refused, never rescaled), labels integers in range, one per
+image; a file that is not raises ``InputError`` naming it and the field.
 """
 from __future__ import annotations
 
 import gzip
 import os
 import pickle
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+import struct
+import zlib
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from mmengine.registry import DATASETS
 from torch.utils.data import Dataset
 
+from backbones.errors import InputError
+
 from .transforms import build_transform
 
-__all__ = ['read_idx', 'write_idx', 'subset_indices', 'FashionMNIST', 'Cifar100', 'ImageNetFolder', 'restricted_pickle_load',
-           'FASHION_MNIST_DIR', 'FASHION_MNIST_CLASSES']
+__all__ = ['read_idx', 'write_idx', 'subset_indices', 'holdout_indices', 'FashionMNIST', 'Cifar100', 'ImageNetFolder', 'restricted_pickle_load',
+           'FASHION_MNIST_DIR', 'FASHION_MNIST_CLASSES', 'pixels_as_uint8', 'checked_labels', 'read_idx_pair']
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker',
@@ -40,8 +47,8 @@ def _open_maybe_gzip(path: str) -> bytes:
     if raw[:2] == b'\x1f\x8b':
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise ValueError(f'{path}: corrupt gzip stream: {err}') from err
+        except (OSError, EOFError, zlib.error) as err:
+            raise InputError(f'corrupt gzip stream: {err}', path, 'an intact .gz file (download it again)') from err
     return raw
 
 
@@ -52,18 +59,20 @@ def read_idx(path: str) -> np.ndarray:
         raise FileNotFoundError(f'IDX file not found: {path}')
     data = _open_maybe_gzip(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f'{path}: not an IDX file (magic bytes {data[:4].hex()}, expected 0000 <type> <ndim>)')
+        raise InputError(f'not an IDX file (magic bytes {data[:4].hex()})', path, 'magic 0000 <type> <ndim>')
     type_code, ndim = data[2], data[3]
     if type_code not in _IDX_DTYPES:
-        raise ValueError(f'{path}: unknown IDX data type 0x{type_code:02x}')
+        raise InputError(f'unknown IDX data type 0x{type_code:02x}', path,
+                         'one of ' + ', '.join(f'0x{c:02x}' for c in _IDX_DTYPES))
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
-        raise ValueError(f'{path}: truncated IDX header ({len(data)} bytes, ndim={ndim})')
+        raise InputError(f'truncated IDX header ({len(data)} bytes, ndim={ndim})', path, f'{header} header bytes')
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
     dtype = np.dtype(_IDX_DTYPES[type_code])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f'{path}: IDX payload has {len(data) - header} bytes, header dims {dims} need {expected}')
+        raise InputError(f'IDX payload has {len(data) - header} bytes, header dims {dims} need {expected}', path,
+                         'a complete file')
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder('='))
 
 
@@ -89,6 +98,57 @@ def _find_idx(root: str, stem: str) -> str:
         f'or point the dataset root at a folder with the four IDX files')
 
 
+def pixels_as_uint8(images: np.ndarray, where: str) -> np.ndarray:
+    """Image pixels as uint8: uint8 as they are; a float array only when every value is
+    finite and in 0..255 (then rounded). Floats that all lie in 0..1 are refused rather
+    than rescaled: they are pixels divided by 255, and read as 0..255 they would be black.
+    Any other dtype is refused."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    expected = 'uint8 pixels 0..255 (or floats holding 0..255)'
+    if not np.issubdtype(images.dtype, np.floating):
+        raise InputError(f'images have dtype {images.dtype}', where, expected)
+    if images.size == 0:
+        return images.astype(np.uint8)
+    finite = np.isfinite(images)
+    if not finite.all():
+        raise InputError(f'{int((~finite).sum())} pixels are NaN or infinite', where, expected)
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 255:
+        raise InputError(f'float pixels span {low:g}..{high:g}', where, expected)
+    if high <= 1.0:
+        raise InputError(f'float pixels span {low:g}..{high:g}: images scaled to 0..1', where,
+                         'pixels must be 0..255: multiply by 255 (and store uint8)')
+    return np.rint(images).astype(np.uint8)
+
+
+def checked_labels(labels: Any, where: str, num_classes: int, count: Optional[int] = None) -> np.ndarray:
+    """Labels as int64: a 1-d integer array (or list of ints) in ``0..num_classes-1``, and
+    ``count`` of them when given; anything else (floats, bools, out of range) is refused."""
+    array = np.asarray(labels)
+    if array.dtype.kind not in 'iu' or array.ndim != 1:
+        raise InputError(f'labels are {array.dtype} of shape {array.shape}', where,
+                         f'a 1-d list of integer class indices 0..{num_classes - 1}')
+    if count is not None and array.shape[0] != count:
+        raise InputError(f'{array.shape[0]} labels for {count} images', where, 'one label per image')
+    if array.size and (array.min() < 0 or array.max() >= num_classes):
+        raise InputError(f'labels outside 0..{num_classes - 1} (found {array.min()}..{array.max()})', where,
+                         f'class indices 0..{num_classes - 1}')
+    return array.astype(np.int64)
+
+
+def read_idx_pair(images_path: str, labels_path: str, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+    """An IDX image file (N x H x W, ``pixels_as_uint8``) and its IDX label file (N
+    integer labels in ``0..num_classes-1``), as uint8 images and int64 labels."""
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise InputError(f'images {images.shape} and labels {labels.shape} do not pair up',
+                         f'{images_path} / {labels_path}', 'N x H x W images and N labels')
+    return pixels_as_uint8(images, images_path), checked_labels(labels, labels_path, num_classes)
+
+
 def subset_indices(n_total: int, n: Optional[int], seed: int) -> Optional[np.ndarray]:
     """Sorted indices of a seeded random subset of ``n`` out of ``n_total`` samples; ``None``
     (everything) when ``n`` is ``None`` or at least ``n_total``."""
@@ -97,6 +157,30 @@ def subset_indices(n_total: int, n: Optional[int], seed: int) -> Optional[np.nda
     if n < 1:
         raise ValueError(f'sample count must be >= 1, got {n}')
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+
+
+def holdout_indices(labels: np.ndarray, size: int, seed: int, where: str = 'labels') -> np.ndarray:
+    """Sorted indices of a class-stratified hold-out of ``size`` samples: ``size / classes``
+    from every class present, drawn with ``seed``.
+
+    Example:
+        >>> holdout_indices(np.array([0, 1] * 10), 4, seed=0).size
+        4
+    """
+    classes = np.unique(labels)
+    if size % classes.size:
+        raise InputError(f'hold-out of {size} images does not split evenly over {classes.size} classes', where,
+                         f'a multiple of {classes.size}')
+    per_class = size // classes.size
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        if members.size <= per_class:
+            raise InputError(f'class {int(c)} has {members.size} images, too few to hold out {per_class}', where,
+                             f'more than {per_class} images per class')
+        chosen.append(rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
 
 
 class _InMemoryImages(Dataset):
@@ -122,26 +206,38 @@ class FashionMNIST(_InMemoryImages):
 
     Args:
         root (str): Folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
-        split (str): ``'train'`` (60k) or ``'test'`` (10k).
+        split (str): ``'train'`` (the 60k training images less the hold-out), ``'val'``
+            (the hold-out) or ``'test'`` (the 10k test images).
         transform (callable or str, optional): Applied to the uint8 ``1x28x28`` tensor
             (a name from ``classification.transforms.TRANSFORM_PRESETS`` in configs).
-        indices (sequence, optional): Keep only these samples (subsets for quick runs).
+        indices (sequence, optional): Keep only these samples of the split (subsets for
+            quick runs), as positions within the split.
+        holdout (int): Training images held out as the validation split, the same number
+            from every class, drawn with ``holdout_seed``. 0 keeps
+            all 60k for training and has no ``'val'`` split. Recipes are chosen on
+            ``'val'``; ``'test'`` is scored once, for final numbers.
+        holdout_seed (int): Seed of the hold-out draw; fixed, so every run that holds out
+            the same number of images holds out the same images.
     """
 
     METAINFO = dict(classes=FASHION_MNIST_CLASSES)
 
     def __init__(self, root: str = FASHION_MNIST_DIR, split: str = 'train', transform: Optional[Callable] = None,
-                 indices: Optional[Sequence[int]] = None):
-        if split not in ('train', 'test'):
-            raise ValueError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
-        prefix = 'train' if split == 'train' else 't10k'
-        images = read_idx(_find_idx(root, f'{prefix}-images-idx3-ubyte'))
-        labels = read_idx(_find_idx(root, f'{prefix}-labels-idx1-ubyte'))
-        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f'{root}: images {images.shape} and labels {labels.shape} do not pair up '
-                             f'(expected N x 28 x 28 and N)')
-        if labels.size and (labels.min() < 0 or labels.max() > 9):
-            raise ValueError(f'{root}: labels outside 0..9 (found {labels.min()}..{labels.max()})')
+                 indices: Optional[Sequence[int]] = None, holdout: int = 0, holdout_seed: int = 0):
+        if split not in ('train', 'val', 'test'):
+            raise InputError(f'unknown Fashion-MNIST split {split!r}', 'dataset.split', "'train', 'val' or 'test'")
+        if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+            raise InputError(f'bad hold-out size {holdout!r}', 'dataset.holdout', 'an int >= 0')
+        if split == 'val' and holdout == 0:
+            raise InputError("split 'val' without a hold-out", 'dataset.holdout',
+                             'holdout > 0 (e.g. 5000) to carve a validation split out of the training images')
+        prefix = 't10k' if split == 'test' else 'train'
+        images, labels = read_idx_pair(_find_idx(root, f'{prefix}-images-idx3-ubyte'),
+                                       _find_idx(root, f'{prefix}-labels-idx1-ubyte'), len(FASHION_MNIST_CLASSES))
+        if split != 'test' and holdout:
+            held = holdout_indices(labels, holdout, holdout_seed, root)
+            keep = held if split == 'val' else np.setdiff1d(np.arange(labels.shape[0]), held)
+            images, labels = images[keep], labels[keep]
         if indices is not None:
             images, labels = images[np.asarray(indices)], labels[np.asarray(indices)]
         self.images = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
@@ -172,15 +268,17 @@ def restricted_pickle_load(path: str, encoding: str = 'bytes'):
     with open(path, 'rb') as f:
         try:
             return _RestrictedUnpickler(f, encoding=encoding).load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-            raise ValueError(f'{path}: cannot load safely: {err}') from err
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                struct.error, UnicodeDecodeError) as err:  # what a malformed pickle stream raises
+            raise InputError(f'cannot load safely: {err}', path,
+                             'a pickle of plain containers and numpy arrays (the CIFAR python release)') from err
 
 
-def _key(d: dict, name: str):
+def _key(d: dict, name: str, where: str):
     for k in (name, name.encode()):
         if k in d:
             return d[k]
-    raise KeyError(name)
+    raise InputError(f'missing key {name!r}', where, f'a dict with {name!r} (keys found: {sorted(map(str, d))[:8]})')
 
 
 @DATASETS.register_module()
@@ -202,19 +300,17 @@ class Cifar100(_InMemoryImages):
             raise ValueError(f"CIFAR-100 label_type must be 'fine' or 'coarse', got {label_type!r}")
         if os.path.isdir(os.path.join(root, 'cifar-100-python')):
             root = os.path.join(root, 'cifar-100-python')
-        batch = restricted_pickle_load(os.path.join(root, split))
+        path = os.path.join(root, split)
+        batch = restricted_pickle_load(path)
         if not isinstance(batch, dict):
-            raise ValueError(f'{root}/{split}: expected a dict, got {type(batch).__name__}')
-        try:
-            data = np.asarray(_key(batch, 'data'), dtype=np.uint8)
-            labels = np.asarray(_key(batch, f'{label_type}_labels'), dtype=np.int64)
-        except KeyError as err:
-            raise ValueError(f'{root}/{split}: missing key {err} (expected data and {label_type}_labels)') from None
-        if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-            raise ValueError(f'{root}/{split}: data {data.shape} / labels {labels.shape}: expected N x 3072 and N')
+            raise InputError(f'the pickle holds a {type(batch).__name__}', path, 'a dict with data and labels')
+        data = _key(batch, 'data', path)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            found = f'{data.dtype} array of shape {data.shape}' if isinstance(data, np.ndarray) else type(data).__name__
+            raise InputError(f'data is a {found}', f'{path} field data', 'a uint8 array of shape (N, 3072)')
         num_classes = 100 if label_type == 'fine' else 20
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f'{root}/{split}: labels outside 0..{num_classes - 1}')
+        labels = checked_labels(_key(batch, f'{label_type}_labels', path), f'{path} field {label_type}_labels',
+                                num_classes, count=data.shape[0])
         self.images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
         self.labels = torch.from_numpy(labels)
         self.transform = build_transform(transform)
@@ -222,7 +318,12 @@ class Cifar100(_InMemoryImages):
         meta_path = os.path.join(root, 'meta')
         if os.path.isfile(meta_path):
             meta = restricted_pickle_load(meta_path)
-            names = _key(meta, f'{label_type}_label_names')
+            if not isinstance(meta, dict):
+                raise InputError(f'the pickle holds a {type(meta).__name__}', meta_path, 'a dict of label names')
+            names = _key(meta, f'{label_type}_label_names', meta_path)
+            if not isinstance(names, (list, tuple)) or len(names) != num_classes:
+                raise InputError(f'{label_type}_label_names is not a list of {num_classes} names',
+                                 f'{meta_path} field {label_type}_label_names', f'{num_classes} class names')
             classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
         self.metainfo = dict(classes=classes)
 
@@ -266,8 +367,10 @@ class ImageNetFolder(Dataset):
         try:
             with Image.open(path) as img:
                 image = pil_to_tensor(img.convert('RGB'))
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f'cannot decode image {path}: {err}') from err
+        # what PIL raises on a broken, truncated or hostile file (bomb, bad chunk, bad header)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError,
+                struct.error, zlib.error) as err:
+            raise InputError('cannot decode image', path, f'a readable image file (PIL: {err})') from err
         if self.transform is not None:
             image = self.transform(image)
         return dict(inputs=image, labels=label)

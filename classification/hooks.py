@@ -10,6 +10,7 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from backbones.console import CONSOLE
 from backbones.mmengine_hooks import ProgressBarHook  # noqa: F401  (registers it for the configs)
 
 __all__ = ['ExportCheckpointHook', 'ProgressBarHook']
@@ -20,11 +21,16 @@ class ExportCheckpointHook(Hook):
     """After every validation (and at the end of training) write, under ``work_dir``:
 
     * ``<out_name>.safetensors``: the shared checkpoint other tasks load, with the
-      validation metrics, epoch and iteration in its metadata;
+      validation metrics, epoch, iteration and the training set's class names in its
+      metadata;
     * ``topology.json`` / ``topology.npz``: graphs and alpha per stage;
     * ``adjacency.png`` (alpha heatmaps per stage) and ``alpha_hist.png``.
 
-    Every file is written atomically, so a killed run never leaves a broken one.
+    Every file is written atomically, so a killed run never leaves a broken one, and the
+    checkpoint first: a model with a NaN or infinite tensor raises ``InputError`` naming it
+    (``backbones.checkpoint.save_checkpoint``) before any file is touched, so a good export
+    is never replaced by a diverged one. (A non-finite loss stops the run earlier still:
+    ``backbones.mmengine_hooks.NonFiniteLossHook``.)
     """
 
     # Before EMAHook (NORMAL) swaps the raw weights back after validation, so the export holds
@@ -64,6 +70,18 @@ class ExportCheckpointHook(Hook):
         model = getattr(runner.model, 'module', runner.model)
         meta = dict(task='classification', epoch=runner.epoch, iter=runner.iter,
                     metrics=self._last_metrics, experiment=runner.experiment_name)
+        # class names travel with the weights (classification.inference names its predictions)
+        classes = (getattr(runner.train_dataloader.dataset, 'metainfo', None) or {}).get('classes')
+        if classes:
+            meta['classes'] = [str(c) for c in classes]
         path = export_run(runner.work_dir, self.out_name, model.backbone, model.model_name, model.model_kwargs, meta,
-                          title=f'{model.model_name}, epoch {runner.epoch}', pictures=self.pictures)
-        runner.logger.info(f'exported {path} and the topology pictures to {runner.work_dir}')
+                          title=f'{model.model_name}, {_when(runner)}', pictures=self.pictures)
+        runner.logger.info(f'exported {path} and the topology pictures to {runner.work_dir}', extra=CONSOLE)
+
+
+def _when(runner) -> str:
+    """When the export happened, in the train loop's own unit (an iteration-based run has no epochs)."""
+    from mmengine.runner import IterBasedTrainLoop
+    if isinstance(runner.train_loop, IterBasedTrainLoop):
+        return f'iteration {runner.iter:,}'
+    return f'epoch {runner.epoch}'

@@ -94,7 +94,9 @@ def _write_split(root: str, split: str, num_images: int, image_size: int, max_ob
     os.makedirs(img_dir, exist_ok=True)
     rng = np.random.default_rng(seed + _SPLIT_SEED_OFFSET[split])
     images, annotations = [], []
-    for index in tqdm(range(num_images), desc=f'toy COCO {split}', leave=False, disable=num_images < 200):
+    # a bar for the larger sets, on a terminal only (disable=None): a redirected log gets no carriage returns
+    for index in tqdm(range(num_images), desc=f'toy COCO {split}', leave=False,
+                      disable=None if num_images >= 200 else True):
         image, objects = _draw_image(rng, image_size, max_objects, min_size, max_size)
         file_name = f'{index:06d}.png'
         if not cv2.imwrite(os.path.join(img_dir, file_name), image):

@@ -10,6 +10,7 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from backbones.console import CONSOLE
 from backbones.mmengine_hooks import ProgressBarHook  # noqa: F401  (registers it for the configs)
 
 __all__ = ['FaceVerificationHook', 'FaceExportHook', 'VERIFICATION_INFO_KEY']
@@ -33,8 +34,10 @@ class FaceVerificationHook(Hook):
         flip (bool): Add the mirrored image's feature (the standard protocol).
         image_size (int, optional): Resize the stored faces (for networks with other inputs).
 
-    Results go to the log, to the message hub as scalars ``verification/<set>`` and as the
-    info dict ``face_verification`` (which ``FaceExportHook`` stores in the checkpoint).
+    The sets are read before the first iteration (rank 0), so a missing or corrupt file stops
+    the run at once, with an error naming it, instead of at the first evaluation. Results go
+    to the log, to the message hub as scalars ``verification/<set>`` and as the info dict
+    ``face_verification`` (which ``FaceExportHook`` stores in the checkpoint).
     """
 
     priority = 'NORMAL'
@@ -54,6 +57,15 @@ class FaceVerificationHook(Hook):
         self._sets = None
         self._done_iter = -1
 
+    def before_train(self, runner) -> None:
+        self._load_sets()
+
+    @master_only
+    def _load_sets(self) -> None:
+        from .verification import VerificationSet
+        if self._sets is None:
+            self._sets = [VerificationSet(path, image_size=self.image_size) for path in self.bins]
+
     # runner.iter counts finished iterations only after the after_train_iter hooks ran
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if self.every_n_train_iters(runner, self.interval):
@@ -65,10 +77,8 @@ class FaceVerificationHook(Hook):
 
     @master_only
     def _evaluate(self, runner, iteration: int) -> None:
-        from .verification import VerificationSet
         self._done_iter = iteration
-        if self._sets is None:
-            self._sets = [VerificationSet(path, image_size=self.image_size) for path in self.bins]
+        self._load_sets()
         backbone = _unwrap(runner).backbone
         results: Dict[str, dict] = {}
         for vset in self._sets:
@@ -76,7 +86,7 @@ class FaceVerificationHook(Hook):
             results[vset.name] = res
             runner.message_hub.update_scalar(f'verification/{vset.name}', res['accuracy'])
             runner.logger.info(f'iter {iteration}: {vset.name} verification accuracy {res["accuracy"]:.2f} '
-                               f'+- {res["std"]:.2f}% ({len(vset.issame)} pairs, 10 folds)')
+                               f'+- {res["std"]:.2f}% ({len(vset.issame)} pairs, 10 folds)', extra=CONSOLE)
         runner.message_hub.update_info(VERIFICATION_INFO_KEY, dict(iter=iteration, results=results))
 
 
@@ -114,4 +124,4 @@ class FaceExportHook(Hook):
                     num_classes=model.head.num_classes, margins=list(model.head.margins), scale=model.head.scale)
         path = export_run(runner.work_dir, self.out_name, model.backbone, 'face_toponet', model.model_kwargs, meta,
                           title=f'face TopoNet, iteration {iteration}', pictures=self.pictures)
-        runner.logger.info(f'exported {path}')
+        runner.logger.info(f'exported {path}', extra=CONSOLE)

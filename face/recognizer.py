@@ -63,7 +63,9 @@ class FaceRecognizer(BaseModel):
         if mode == 'loss':
             if labels is None:
                 raise ValueError("mode='loss' needs labels")
-            return dict(loss_margin=self.head(features, labels))
+            # the margin softmax in float32 under autocast too: s * cos(theta + m) needs its precision
+            with torch.autocast(features.device.type, enabled=False):
+                return dict(loss_margin=self.head(features.float(), labels))
         if mode == 'predict':
             return [dict(feature=f.detach()) for f in features]
         raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}")

@@ -23,12 +23,15 @@ Origin: this project, from the format description of dmlc-core's recordio and MX
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from backbones.errors import InputError
 
 __all__ = ['RECORDIO_MAGIC', 'IRHeader', 'RecordIOError', 'pack_record', 'unpack_record', 'encode_image',
            'decode_image', 'RecordIOWriter', 'IndexedRecordIO', 'FaceRecordSet', 'write_face_recordset',
@@ -41,8 +44,9 @@ _IR = struct.Struct('<IfQQ')
 _LENGTH_MASK = (1 << 29) - 1
 
 
-class RecordIOError(ValueError):
-    """A malformed or truncated RecordIO file; the message names the file and record."""
+class RecordIOError(InputError):
+    """A malformed or truncated RecordIO file, or a bad record: ``where`` names the file and
+    the record index (``train.rec record 17``)."""
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,16 @@ def pack_record(header: IRHeader, payload: bytes) -> bytes:
 def unpack_record(record: bytes, where: str = 'record') -> Tuple[IRHeader, bytes]:
     """Split a payload into its IR header and the rest (``where`` names it in errors)."""
     if len(record) < _IR.size:
-        raise RecordIOError(f'{where}: {len(record)} bytes is shorter than the {_IR.size}-byte IR header')
+        raise RecordIOError(f'truncated record: {len(record)} bytes is shorter than the {_IR.size}-byte IR header',
+                            where, 'an IR header (flag, label, id, id2) before the image')
     flag, label, id1, id2 = _IR.unpack_from(record, 0)
     offset = _IR.size
     if flag > 0:
         end = offset + 4 * flag
         if end > len(record):
-            raise RecordIOError(f'{where}: IR header announces {flag} labels ({4 * flag} bytes) but only '
-                                f'{len(record) - offset} bytes follow the header')
+            raise RecordIOError(f'truncated record: the IR header announces {flag} labels ({4 * flag} bytes) but '
+                                f'only {len(record) - offset} bytes follow the header', where,
+                                'the announced float32 labels after the header')
         labels = tuple(float(v) for v in np.frombuffer(record, dtype='<f4', count=flag, offset=offset))
         return IRHeader(flag, labels, id1, id2), record[end:]
     return IRHeader(0, float(label), id1, id2), record[offset:]
@@ -97,7 +103,8 @@ def decode_image(payload: bytes, where: str = 'record') -> np.ndarray:
     import cv2
     img = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise RecordIOError(f'{where}: the payload ({len(payload)} bytes) is not a decodable image')
+        raise RecordIOError(f'the payload ({len(payload)} bytes) is not a decodable image', where,
+                            'an encoded image (JPEG for MS1MV2) after the IR header')
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -186,10 +193,11 @@ class IndexedRecordIO:
                 try:
                     key, offset = int(fields[0]), int(fields[1])
                 except (ValueError, IndexError):
-                    raise RecordIOError(f'{idx_path}:{line_no}: expected "index<TAB>offset", got {line.rstrip()!r}')
+                    raise RecordIOError(f'malformed index line {line.rstrip()!r}',
+                                        f'{idx_path}:{line_no}', 'expected "index<TAB>offset" per line')
                 if not 0 <= offset < self.size:
-                    raise RecordIOError(f'{idx_path}:{line_no}: offset {offset} of record {key} lies outside '
-                                        f'{rec_path} ({self.size} bytes)')
+                    raise RecordIOError(f'offset {offset} of record {key} lies outside {rec_path} ({self.size} bytes)',
+                                        f'{idx_path}:{line_no}', 'the .idx written with this .rec')
                 self.offsets[key] = offset
         self.keys = sorted(self.offsets)
         self._file = None
@@ -211,23 +219,24 @@ class IndexedRecordIO:
 
     def read(self, index: int) -> bytes:
         if index not in self.offsets:
-            raise KeyError(f'record {index} is not in {self.idx_path} ({len(self)} records)')
+            raise RecordIOError(f'record {index} is not in the index ({len(self)} records)', self.idx_path,
+                                'an index listed in the .idx file')
         f = self._handle()
         f.seek(self.offsets[index])
         parts = []
-        where = f'{self.rec_path}, record {index}'
+        where = f'{self.rec_path} record {index}'
         while True:
             pos = f.tell()
             cflag, data = _read_part(f, where)
             expected = (0, 1) if not parts else (2, 3)
             if cflag not in expected:
-                raise RecordIOError(f'{where}: part flag {cflag} at byte {pos} where one of {expected} was expected')
+                raise RecordIOError(f'part flag {cflag} at byte {pos}', where, f'one of {expected} (a damaged record)')
             parts.append(data)
             if cflag in (0, 3):
                 return _MAGIC_BYTES.join(parts)
 
     def read_record(self, index: int) -> Tuple[IRHeader, bytes]:
-        return unpack_record(self.read(index), f'{self.rec_path}, record {index}')
+        return unpack_record(self.read(index), f'{self.rec_path} record {index}')
 
     def close(self) -> None:
         if self._file is not None:
@@ -245,7 +254,7 @@ def read_property(path: str) -> Tuple[int, int, int]:
     except ValueError:
         values = ()
     if len(values) != 3 or min(values) < 1:
-        raise ValueError(f'{path}: expected "num_classes,height,width" with positive integers, got {text!r}')
+        raise InputError(f'property {text!r} is not three positive integers', path, '"num_classes,height,width"')
     return values
 
 
@@ -270,14 +279,19 @@ class FaceRecordSet:
         header, _ = self.records.read_record(0) if 0 in self.records.offsets else (IRHeader(0, 0.0), b'')
         if header.flag > 0:
             if len(header.label) < 2:
-                raise RecordIOError(f'{self.records.rec_path}, record 0: the header record needs 2 labels '
-                                    f'(first identity record, end), got {header.label}')
-            first_identity, end = int(header.label[0]), int(header.label[1])
+                raise RecordIOError(f'the header record has labels {header.label}', f'{self.records.rec_path} record 0',
+                                    '2 labels (first identity record, end)')
+            first_identity, end = header.label[0], header.label[1]
+            if not (math.isfinite(first_identity) and math.isfinite(end) and 1 <= first_identity <= end):
+                raise RecordIOError(f'the header record has labels {header.label}', f'{self.records.rec_path} record 0',
+                                    '(first identity record, end) with 1 <= first <= end')
+            first_identity, end = int(first_identity), int(end)
             self.samples = [k for k in range(1, first_identity)]
             missing = [k for k in self.samples if k not in self.records.offsets]
             if missing:
-                raise RecordIOError(f'{self.records.idx_path}: record 0 announces images 1..{first_identity - 1} '
-                                    f'but {len(missing)} are missing from the index (first: {missing[0]})')
+                raise RecordIOError(f'record 0 announces images 1..{first_identity - 1} but {len(missing)} are missing '
+                                    f'from the index (first: record {missing[0]})', self.records.idx_path,
+                                    'an index entry for every image record')
             for k in range(first_identity, end):
                 if k in self.records.offsets:
                     ident, _ = self.records.read_record(k)
@@ -286,17 +300,24 @@ class FaceRecordSet:
         else:
             self.samples = list(self.records.keys)
         if not self.samples:
-            raise RecordIOError(f'{self.records.rec_path}: no image records')
+            raise RecordIOError('no image records', self.records.rec_path, 'at least one image record')
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def read(self, i: int) -> Tuple[np.ndarray, int]:
-        """Decoded RGB image and integer label of the i-th sample."""
+        """Decoded RGB image and integer label of the i-th sample; a label that is not an
+        identity of the set (``0..num_classes-1`` by ``property``) is an error naming the record."""
         key = self.samples[i]
+        where = f'{self.records.rec_path} record {key}'
         header, payload = self.records.read_record(key)
         label = header.label[0] if isinstance(header.label, tuple) else header.label
-        return decode_image(payload, f'{self.records.rec_path}, record {key}'), int(label)
+        if (not math.isfinite(label) or label != int(label) or label < 0
+                or (self.num_classes and label >= self.num_classes)):
+            expected = (f'integer labels 0..{self.num_classes - 1} (property: {self.num_classes} identities)'
+                        if self.num_classes else 'integer labels >= 0')
+            raise RecordIOError(f'label out of range: {label}', where, expected)
+        return decode_image(payload, where), int(label)
 
 
 def write_face_recordset(root: str, images: Sequence[np.ndarray], labels: Sequence[int], name: str = 'train',
@@ -366,15 +387,17 @@ def _read_part(f, where: str) -> Tuple[int, bytes]:
     pos = f.tell()
     head = f.read(_HEAD.size)
     if len(head) < _HEAD.size:
-        raise RecordIOError(f'{where}: truncated file, no record header at byte {pos}')
+        raise RecordIOError(f'truncated record: the file ends at byte {pos}, before the record header', where,
+                            'a complete .rec file')
     magic, lrecord = _HEAD.unpack(head)
     if magic != RECORDIO_MAGIC:
-        raise RecordIOError(f'{where}: bad magic 0x{magic:08x} at byte {pos} (expected 0x{RECORDIO_MAGIC:08x})')
+        raise RecordIOError(f'bad magic 0x{magic:08x} at byte {pos}', where,
+                            f'0x{RECORDIO_MAGIC:08x} at the start of every record (a damaged file or a stale .idx)')
     cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
     data = f.read(length)
     if len(data) < length:
-        raise RecordIOError(f'{where}: truncated file, the record announces {length} bytes at byte {pos} '
-                            f'but only {len(data)} remain')
+        raise RecordIOError(f'truncated record: it announces {length} bytes at byte {pos} but only {len(data)} '
+                            f'remain', where, 'a complete .rec file')
     f.seek(-length % 4, os.SEEK_CUR)
     return cflag, data
 
@@ -386,11 +409,12 @@ def iter_records(rec_path: str) -> Iterator[bytes]:
         parts: List[bytes] = []
         count = 0
         while f.tell() < size:
-            cflag, data = _read_part(f, f'{rec_path}, record {count}')
+            cflag, data = _read_part(f, f'{rec_path} record {count}')
             parts.append(data)
             if cflag in (0, 3):
                 yield _MAGIC_BYTES.join(parts)
                 parts = []
                 count += 1
         if parts:
-            raise RecordIOError(f'{rec_path}, record {count}: the file ends inside a multi-part record')
+            raise RecordIOError('truncated record: the file ends inside a multi-part record',
+                                f'{rec_path} record {count}', 'a complete .rec file')

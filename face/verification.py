@@ -17,6 +17,7 @@ Origin: this project. Licence: Apache-2.0.
 """
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -24,8 +25,23 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-__all__ = ['load_verification_bin', 'write_verification_bin', 'kfold_accuracy', 'extract_features',
+from backbones.errors import InputError
+
+__all__ = ['load_verification_bin', 'validate_bin', 'write_verification_bin', 'kfold_accuracy', 'extract_features',
            'evaluate_pairs', 'VerificationSet']
+
+
+_EXPECTED_BIN = 'a pickled (bins, issame) pair: 2P encoded images and P booleans (insightface\'s .bin)'
+_LATIN1 = {'latin1', 'latin-1', 'latin_1', 'iso-8859-1', 'iso8859-1', 'l1'}
+
+
+def _latin1_encode(text, encoding='utf-8', errors='strict'):
+    # protocol-2 pickles store bytes as _codecs.encode(str, 'latin1'); any other codec
+    # (zlib, base64, ...) would run a decoder of the file's choosing
+    if not isinstance(text, str) or str(encoding).lower() not in _LATIN1:
+        raise pickle.UnpicklingError(f'refusing _codecs.encode({type(text).__name__}, {encoding!r}): a verification '
+                                     f'.bin stores bytes as latin-1 text only')
+    return codecs.encode(text, 'latin1', errors)
 
 
 class _BinUnpickler(pickle.Unpickler):
@@ -34,11 +50,13 @@ class _BinUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
         ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-        ('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode'),
+        ('numpy', 'ndarray'), ('numpy', 'dtype'),
         ('builtins', 'bytearray'), ('__builtin__', 'bytearray'),
     }
 
     def find_class(self, module: str, name: str):
+        if (module, name) == ('_codecs', 'encode'):
+            return _latin1_encode
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(
@@ -46,12 +64,68 @@ class _BinUnpickler(pickle.Unpickler):
             f'list and numpy arrays')
 
 
-def _as_bytes(item, path: str, i: int) -> bytes:
+def _side(i: int) -> str:
+    return f'pair {i // 2}, {"first" if i % 2 == 0 else "second"} image'
+
+
+def _open_bin(path: str) -> Tuple[Sequence, np.ndarray]:
+    """Unpickle a ``.bin`` safely and check its structure: ``(bins, issame as bool array)``.
+    Every fault is an ``InputError`` naming the file and the field, image or pair."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'verification set not found: {path}')
+    with open(path, 'rb') as f:
+        try:
+            data = _BinUnpickler(f, encoding='bytes').load()
+        except Exception as err:  # a damaged pickle stream fails in many ways (KeyError for a memo, ...)
+            raise InputError(f'not a verification .bin that can be loaded safely: {type(err).__name__}: {err}',
+                             path, _EXPECTED_BIN) from err
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        what = f'a {type(data).__name__} of {len(data)}' if isinstance(data, (tuple, list)) else \
+            f'a {type(data).__name__}'
+        raise InputError(f'the pickle holds {what}', path, _EXPECTED_BIN)
+    bins, issame = data
+    if not isinstance(bins, (list, tuple, np.ndarray)) or (isinstance(bins, np.ndarray) and bins.ndim != 1):
+        raise InputError(f'bins is a {type(bins).__name__}', f'{path} bins', 'a list of encoded images')
+    if not isinstance(issame, (list, tuple, np.ndarray)) or (isinstance(issame, np.ndarray) and issame.ndim != 1):
+        raise InputError(f'issame is a {type(issame).__name__}', f'{path} issame', 'a flat list of booleans')
+    for p, value in enumerate(issame):
+        if not (isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1))):
+            raise InputError(f'issame[{p}] is {value!r}', f'{path} issame', 'True or False for each pair')
+    if not len(issame):
+        raise InputError('no pairs', f'{path} issame', 'at least one pair')
+    if len(bins) != 2 * len(issame):
+        raise InputError(f'{len(bins)} images for {len(issame)} pairs', f'{path} bins',
+                         f'{2 * len(issame)} images (two per pair, consecutive)')
+    return bins, np.array([bool(v) for v in issame])
+
+
+def _decode(item, path: str, i: int, image_size: Optional[Tuple[int, int]]) -> np.ndarray:
+    """One encoded image of ``bins`` as RGB uint8 (resized to ``image_size``)."""
+    import cv2
     if isinstance(item, (bytes, bytearray)):
-        return bytes(item)
-    if isinstance(item, np.ndarray) and item.dtype == np.uint8:
-        return item.tobytes()
-    raise ValueError(f'{path}: image {i} is a {type(item).__name__}, expected encoded image bytes')
+        data = np.frombuffer(bytes(item), dtype=np.uint8)
+    elif isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 1:
+        data = item
+    else:
+        raise InputError(f'image {i} is a {type(item).__name__} ({_side(i)})', f'{path} bins[{i}]',
+                         'encoded image bytes')
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise InputError(f'image {i} cannot be decoded ({_side(i)})', f'{path} bins[{i}]', 'a JPEG or PNG image')
+    if image_size is not None and img.shape[:2] != tuple(image_size):
+        img = cv2.resize(img, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _check_shape(img: np.ndarray, first: Optional[Tuple[int, ...]], path: str, i: int) -> Tuple[int, ...]:
+    if first is not None and img.shape != first:
+        raise InputError(f'image {i} is {img.shape[1]}x{img.shape[0]} ({_side(i)}), image 0 is {first[1]}x{first[0]}',
+                         f'{path} bins[{i}]', 'images of one size, or pass image_size')
+    return img.shape
+
+
+def _as_size(image_size: Optional[Union[int, Tuple[int, int]]]) -> Optional[Tuple[int, int]]:
+    return (image_size, image_size) if isinstance(image_size, int) else image_size
 
 
 def load_verification_bin(path: str, image_size: Optional[Union[int, Tuple[int, int]]] = None,
@@ -61,37 +135,38 @@ def load_verification_bin(path: str, image_size: Optional[Union[int, Tuple[int, 
     Returns:
         images: ``(2P, H, W, 3)`` uint8 RGB, pair p is images ``2p`` and ``2p + 1``;
         issame: ``(P,)`` bool.
+
+    A malformed file raises ``InputError`` naming the field, image or pair (``validate_bin``).
     """
-    import cv2
     from tqdm import tqdm
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'verification set not found: {path}')
-    with open(path, 'rb') as f:
-        try:
-            data = _BinUnpickler(f, encoding='bytes').load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-            raise ValueError(f'{path}: not a verification .bin that can be loaded safely: {err}') from err
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError(f'{path}: expected a pickled (bins, issame) pair, got {type(data).__name__}')
-    bins, issame = data
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    issame = np.asarray(issame)
-    if issame.ndim != 1 or issame.dtype.kind not in 'biu':
-        raise ValueError(f'{path}: issame must be a flat list of booleans, got shape {issame.shape} {issame.dtype}')
-    if len(bins) != 2 * len(issame):
-        raise ValueError(f'{path}: {len(bins)} images for {len(issame)} pairs (expected {2 * len(issame)})')
-    images = []
+    bins, issame = _open_bin(path)
+    image_size = _as_size(image_size)
+    images, first = [], None
     for i, item in enumerate(tqdm(bins, desc=os.path.basename(path), disable=not progress)):
-        img = cv2.imdecode(np.frombuffer(_as_bytes(item, path, i), dtype=np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise ValueError(f'{path}: image {i} cannot be decoded')
-        if image_size is not None and img.shape[:2] != tuple(image_size):
-            img = cv2.resize(img, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA)
-        images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-    if len({im.shape for im in images}) > 1:
-        raise ValueError(f'{path}: images of different sizes {sorted({im.shape for im in images})}; pass image_size')
-    return np.stack(images), issame.astype(bool)
+        img = _decode(item, path, i, image_size)
+        first = _check_shape(img, first, path, i)
+        images.append(img)
+    return np.stack(images), issame
+
+
+def validate_bin(path: str, image_size: Optional[Union[int, Tuple[int, int]]] = None,
+                 n_folds: int = 10) -> Dict[str, object]:
+    """Check a verification ``.bin`` completely (every image decoded, none kept) before a
+    run relies on it; raises what ``load_verification_bin`` would, and ``InputError`` when
+    the pairs cannot be split into ``n_folds`` folds.
+
+    Returns:
+        dict: ``num_pairs``, ``num_same`` and ``image_shape`` (H, W, 3).
+    """
+    bins, issame = _open_bin(path)
+    if len(issame) < n_folds:
+        raise InputError(f'{len(issame)} pairs cannot be split into {n_folds} folds', f'{path} issame',
+                         f'at least {n_folds} pairs')
+    image_size = _as_size(image_size)
+    first = None
+    for i, item in enumerate(bins):
+        first = _check_shape(_decode(item, path, i, image_size), first, path, i)
+    return dict(num_pairs=len(issame), num_same=int(issame.sum()), image_shape=first)
 
 
 def write_verification_bin(path: str, images: Sequence[np.ndarray], issame: Sequence[bool], ext: str = '.jpg') -> None:
@@ -129,6 +204,8 @@ def kfold_accuracy(features1: np.ndarray, features2: np.ndarray, issame: np.ndar
     if features1.shape != features2.shape or features1.ndim != 2 or len(issame) != len(features1):
         raise ValueError(f'need two (P, D) feature arrays and P labels, got {features1.shape}, {features2.shape} '
                          f'and {issame.shape}')
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
+        raise ValueError(f'n_folds must be an int >= 2, got {n_folds!r}')
     if len(issame) < n_folds:
         raise ValueError(f'{len(issame)} pairs cannot be split into {n_folds} folds')
     thresholds = np.arange(0, 4, 0.01) if thresholds is None else np.asarray(thresholds)
@@ -155,10 +232,12 @@ def to_input_tensor(images: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, images: np.ndarray, batch_size: int = 128, flip: bool = True,
-                     progress: bool = False, desc: str = 'features') -> np.ndarray:
-    """L2-normalised features of RGB uint8 images; ``flip`` adds the mirrored image's
-    feature before normalising."""
+                     progress: bool = False, desc: str = 'features', amp: bool = False) -> np.ndarray:
+    """L2-normalised float32 features of RGB uint8 images, computed on the model's device;
+    ``flip`` adds the mirrored image's feature before normalising; ``amp`` runs the model
+    under autocast (``backbones.amp``: bfloat16 where supported)."""
     from tqdm import tqdm
+    from backbones.amp import autocast
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -166,9 +245,10 @@ def extract_features(model: torch.nn.Module, images: np.ndarray, batch_size: int
     try:
         for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
             x = to_input_tensor(images[start:start + batch_size]).to(device)
-            feat = model(x)
-            if flip:
-                feat = feat + model(torch.flip(x, dims=[3]))
+            with autocast(device, amp):
+                feat = model(x).float()
+                if flip:
+                    feat = feat + model(torch.flip(x, dims=[3])).float()
             out.append(torch.nn.functional.normalize(feat.float(), dim=1).cpu())
     finally:
         model.train(was_training)

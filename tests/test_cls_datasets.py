@@ -54,11 +54,31 @@ def test_fashion_mnist_reads_the_idx_layout(tmp_path):
     assert train.metainfo['classes'][9] == 'Ankle boot'
 
 
+def test_fashion_mnist_validation_holdout_is_stratified_disjoint_and_fixed(tmp_path):
+    root = make_fmnist(str(tmp_path), n_train=200, n_test=20)
+    full = FashionMNIST(root, 'train')
+    train = FashionMNIST(root, 'train', holdout=50)
+    val = FashionMNIST(root, 'val', holdout=50)
+    assert len(train) == 150 and len(val) == 50
+    assert torch.bincount(val.labels, minlength=10).tolist() == [5] * 10  # 5 per class
+    # disjoint, and together exactly the training set (compare images as bytes)
+    as_keys = lambda ds: {bytes(ds.images[i].numpy().tobytes()) + bytes([int(ds.labels[i])]) for i in range(len(ds))}
+    assert not as_keys(train) & as_keys(val)
+    assert as_keys(train) | as_keys(val) == as_keys(full)
+    # the same images on every call; another seed draws others
+    assert torch.equal(FashionMNIST(root, 'val', holdout=50).images, val.images)
+    assert not torch.equal(FashionMNIST(root, 'val', holdout=50, holdout_seed=1).images, val.images)
+    with pytest.raises(ValueError, match='does not split evenly over 10 classes'):
+        FashionMNIST(root, 'val', holdout=55)
+
+
 def test_fashion_mnist_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='dataset-fashion-mnist'):
         FashionMNIST(str(tmp_path), 'train')
-    with pytest.raises(ValueError, match="split must be 'train' or 'test', got 'val'"):
+    with pytest.raises(ValueError, match=r"split 'val' without a hold-out \(dataset.holdout\)"):
         FashionMNIST(str(tmp_path), 'val')
+    with pytest.raises(ValueError, match="unknown Fashion-MNIST split 'valid'"):
+        FashionMNIST(str(tmp_path), 'valid')
     root = make_fmnist(str(tmp_path / 'mismatch'), n_train=10, n_test=10)
     write_idx(os.path.join(root, 'train-labels-idx1-ubyte.gz'), np.zeros(9, dtype=np.uint8))
     with pytest.raises(ValueError, match='do not pair up'):

@@ -131,8 +131,8 @@ def test_missing_image_file_is_named(toy, tmp_path):
 
 def test_category_count_disagreeing_with_the_config(toy):
     with pytest.raises(DetectionDataError, match=r"has 3 categories \('square', 'circle', 'triangle'\), "
-                                                 r"the config expects 2 \('square', 'circle'\)"):
-        _dataset(toy, metainfo=dict(classes=('square', 'circle')))
+                                                 r"the config expects 2 \('square', 'hexagon'\)"):
+        _dataset(toy, metainfo=dict(classes=('square', 'hexagon')))
 
 
 def test_head_class_count_disagreeing_with_the_dataset(toy):

@@ -3,6 +3,7 @@ Runner (verification hook, shared checkpoint, resume), then MegaFace-style evalu
 with the cleaned lists and devkit feature files."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -27,6 +28,20 @@ def _train(toy, work_dir, iters, resume=False):
             'param_scheduler.1.begin=1', f'param_scheduler.1.end={iters}']
     argv = ['face/configs/toponet_face_toy.py', '--work-dir', work_dir, '--cfg-options', *opts]
     assert main(argv + (['--resume'] if resume else [])) == 0
+
+
+def test_corrupt_verification_set_stops_the_run_before_the_first_iteration(toy, tmp_path):
+    from mmengine.runner import Runner
+    from backbones.mmengine_runner import build_runner_cfg
+    corrupt = tmp_path / 'corrupt_val.bin'
+    corrupt.write_bytes(open(f'{toy}/train/toy_val.bin', 'rb').read()[:200])  # a truncated pickle
+    options = {'train_dataloader.dataset.root': f'{toy}/train', 'train_dataloader.dataset.num_classes': 6,
+               'model.head.num_classes': 6, 'train_dataloader.batch_size': 8, 'train_cfg.max_iters': 4,
+               'custom_hooks.0.bins': [str(corrupt)], 'custom_hooks.0.interval': 2}
+    runner = Runner.from_cfg(build_runner_cfg('face/configs/toponet_face_toy.py', str(tmp_path / 'run'), options))
+    with pytest.raises(ValueError, match=re.escape(str(corrupt))):
+        runner.train()
+    assert runner.iter == 0  # not at the first evaluation (iteration 2)
 
 
 def test_toy_data_in_real_formats(toy):
@@ -71,9 +86,12 @@ def test_train_resume_and_evaluate(toy, tmp_path):
                       '--sizes', '10', '100', '--far', '0.01', '--feature-dir', str(tmp_path / 'feat'),
                       '--out-dir', out]) == 0
     res = json.load(open(f'{out}/megaface.json'))
-    # the list's size 100 does not fit the 14 clean distractors: only 10 is scored
+    # the list's 15 entries hold size 10, not 100 (sizes count entries; 9 of the 10 are clean)
     assert list(res['rank1']) == ['10'] and res['removed_distractors'] == 1 and res['replaced_probes'] == 1
     assert res['num_pairs'] == 3 * 3 * 2
     assert os.path.isfile(f'{out}/cmc.png')
-    feature = read_feature_file(str(tmp_path / 'feat' / 'facescrub' / 'Person_000' / 'Person_000_0.png_toponet.bin'))
+    assert res['scored'] == {'10': 9}
+    # one feature folder per set, keyed by the checkpoint's and the list's content
+    folder, = [d for d in os.listdir(tmp_path / 'feat') if d.startswith('facescrub_')]
+    feature = read_feature_file(str(tmp_path / 'feat' / folder / 'Person_000' / 'Person_000_0.png_toponet.bin'))
     assert feature.shape == (128,) and abs(np.linalg.norm(feature) - 1) < 1e-5

@@ -44,7 +44,13 @@ def _randomise(model, seed=0):
 
 @pytest.fixture(scope='module')
 def model():
-    return _randomise(timm.create_model(NAME, num_classes=10, in_chans=1))
+    return _randomise(timm.create_model(NAME, num_classes=10, in_chans=1))  # input_path 'projection'
+
+
+@pytest.fixture(scope='module')
+def node1_model():
+    """The wiring in which node 1 carries each stage's shape change (ResNet-CIFAR's)."""
+    return _randomise(timm.create_model(NAME, num_classes=10, in_chans=1, input_path='node1'))
 
 
 @pytest.fixture(scope='module')
@@ -126,7 +132,9 @@ def test_masked_alpha_restores_and_apply_zeroes(model):
 
 # -- the compact model -------------------------------------------------------------------
 @pytest.mark.parametrize('threshold', [0.0, 0.2, 0.35])
-def test_compact_model_equals_masked_original(model, images, threshold):
+@pytest.mark.parametrize('wiring', ['model', 'node1_model'])
+def test_compact_model_equals_masked_original(request, wiring, images, threshold):
+    model = request.getfixturevalue(wiring)
     masks, _ = prune_masks(model, threshold=threshold)
     compact, plans = build_compact_model(model, masks)
     compact.eval()
@@ -134,7 +142,8 @@ def test_compact_model_equals_masked_original(model, images, threshold):
     with torch.no_grad():
         expected = _masked_output(model, masks, images)
         assert (expected[0] - expected[1]).abs().max() > 0.1  # the outputs depend on the input
-        torch.testing.assert_close(compact(images), expected, rtol=0, atol=1e-5)
+        # the same ops on the same values, zero-weighted terms left out: max diff 0
+        torch.testing.assert_close(compact(images), expected, rtol=0, atol=0)
     for stage, mask, plan in zip(compact.stages, masks, plans):
         assert stage.graph.num_edges == int(mask.sum()) + plan.promotes_input_proj
     if threshold == 0.0:
@@ -157,8 +166,9 @@ def _drop_edges(graph, pred):
     return np.array([not pred(src, dst) for src, dst in graph.edges])
 
 
-def test_node_1_removed_promotes_the_input_projection(model, images):
+def test_node_1_removed_promotes_the_input_projection(node1_model, images):
     """Stage 1 loses edge (0, 1): node 1 goes, the input projection becomes node 1."""
+    model = node1_model
     masks = [np.ones(g.num_edges, dtype=bool) for g in model.graphs]
     masks[1] = close_mask(model.graphs[1], _drop_edges(model.graphs[1], lambda s, d: (s, d) == (0, 1)))
     compact, plans = build_compact_model(model, masks)
@@ -175,7 +185,8 @@ def test_node_1_removed_promotes_the_input_projection(model, images):
     assert count_parameters(compact) == count_parameters(model) - node1 - removed_edges + 1
 
 
-def test_input_projection_dropped_when_only_node_1_reads_the_input(model, images):
+def test_input_projection_dropped_when_only_node_1_reads_the_input(node1_model, images):
+    model = node1_model
     masks = [np.ones(g.num_edges, dtype=bool) for g in model.graphs]
     masks[2] = close_mask(model.graphs[2], _drop_edges(model.graphs[2], lambda s, d: s == 0 and d != 1))
     compact, plans = build_compact_model(model, masks)
@@ -184,6 +195,46 @@ def test_input_projection_dropped_when_only_node_1_reads_the_input(model, images
     assert count_parameters(compact) == count_parameters(model) - proj - (model.graphs[2].num_edges - masks[2].sum())
     with torch.no_grad():
         torch.testing.assert_close(compact.eval()(images), _masked_output(model, masks, images), rtol=0, atol=1e-5)
+
+
+def test_node_1_is_an_ordinary_removable_node_with_the_projection(model, images):
+    """input_path 'projection': stage 1 loses edge (0, 1), node 1 goes like any node, the
+    projection stays (it feeds the other input edges) and nothing is promoted."""
+    masks = [np.ones(g.num_edges, dtype=bool) for g in model.graphs]
+    masks[1] = close_mask(model.graphs[1], _drop_edges(model.graphs[1], lambda s, d: (s, d) == (0, 1)))
+    compact, plans = build_compact_model(model, masks)
+    assert not plans[1].promotes_input_proj and plans[1].keeps_input_proj
+    assert plans[1].node_sources == (0,) + tuple(range(2, model.graphs[1].num_nodes))
+    assert compact.stages[1].graph.num_nodes == model.graphs[1].num_nodes - 1
+    assert compact.stages[1].input_path == 'projection'
+    assert torch.equal(compact.stages[1].input_proj.conv_pw.weight, model.stages[1].input_proj.conv_pw.weight)
+    assert torch.equal(compact.stages[1].nodes[0].conv_pw.weight, model.stages[1].nodes[1].conv_pw.weight)
+    with torch.no_grad():
+        assert torch.equal(compact.eval()(images), _masked_output(model, masks, images))  # max diff 0
+    # node 1's weights and its edges' alpha are gone, nothing else
+    node1 = count_parameters(model.stages[1].nodes[0])
+    removed_edges = model.graphs[1].num_edges - int(masks[1].sum())
+    assert count_parameters(compact) == count_parameters(model) - node1 - removed_edges
+
+
+def test_projection_kept_while_only_node_1_reads_the_input(model, images):
+    masks = [np.ones(g.num_edges, dtype=bool) for g in model.graphs]
+    masks[2] = close_mask(model.graphs[2], _drop_edges(model.graphs[2], lambda s, d: s == 0 and d != 1))
+    compact, plans = build_compact_model(model, masks)
+    assert plans[2].keeps_input_proj and compact.stages[2].input_proj is not None
+    assert count_parameters(compact) == count_parameters(model) - (model.graphs[2].num_edges - masks[2].sum())
+    with torch.no_grad():
+        assert torch.equal(compact.eval()(images), _masked_output(model, masks, images))
+
+
+def test_pruned_projection_stage_keeps_its_input_path_through_the_checkpoint(model, images, tmp_path):
+    masks = [np.ones(g.num_edges, dtype=bool) for g in model.graphs]
+    masks[0] = close_mask(model.graphs[0], _drop_edges(model.graphs[0], lambda s, d: (s, d) == (0, 1)))
+    src = str(tmp_path / 'full.safetensors')
+    save_checkpoint(src, model, NAME, model_kwargs={'num_classes': 10, 'in_chans': 1})
+    _, reloaded, report = prune_checkpoint(src, str(tmp_path / 'compact.safetensors'), threshold=0.0)
+    assert all(s.input_path == 'projection' for s in reloaded.stages)
+    assert not any(report['input_proj_promoted'])
 
 
 def test_stage_without_shape_change_renumbers_first_kept_node():
@@ -199,15 +250,19 @@ def test_stage_without_shape_change_renumbers_first_kept_node():
         torch.testing.assert_close(compact.eval()(x), _masked_output(model, masks, x), rtol=0, atol=1e-5)
 
 
-def test_a_cut_stage_is_refused_with_the_largest_usable_threshold(model, tmp_path):
+@pytest.mark.parametrize('wiring', ['model', 'node1_model'])
+def test_a_cut_stage_is_refused_with_the_largest_usable_threshold(request, wiring, tmp_path):
+    model = request.getfixturevalue(wiring)
     limit = max_threshold(model)
     masks, _ = prune_masks(model, threshold=limit)
     build_compact_model(model, masks)  # at the limit every stage stays connected
     masks, _ = prune_masks(model, threshold=limit + 1e-4)
-    with pytest.raises(ValueError, match='no edge into the output node survives'):
+    # with the projection, a stage left with its direct input->output edge alone has no node to build
+    with pytest.raises(ValueError, match='no edge into the output node survives|only the direct input->output edge'):
         build_compact_model(model, masks)
     path = str(tmp_path / 'm.safetensors')
-    save_checkpoint(path, model, NAME, model_kwargs={'num_classes': 10, 'in_chans': 1})
+    save_checkpoint(path, model, NAME, model_kwargs={'num_classes': 10, 'in_chans': 1,
+                                                     'input_path': model.cfg.input_path})
     with pytest.raises(ValueError, match=f'largest threshold that keeps every stage connected is {limit:.6g}'):
         prune_checkpoint(path, str(tmp_path / 'p.safetensors'), threshold=limit + 1e-3)
 

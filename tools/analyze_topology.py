@@ -5,8 +5,8 @@
     python tools/analyze_topology.py adaptive.safetensors --label adaptive \\
         --compare "w/o sparsity=work_dirs/nosparse/toponet_fmnist.safetensors" --out-dir work_dirs/analysis
 
-Reads a shared checkpoint or a topology export (.json/.npz) and writes into the output
-folder (default: ``<checkpoint folder>/analysis``):
+Reads a shared checkpoint or a topology export (.json/.npz) and writes into ``--out-dir``
+(default ``work_dirs/analyze_topology/<checkpoint name>``):
 
 * ``alpha_hist.png``: alpha histogram of this run and of every ``--compare`` run (Figure 3,
   left: with vs without sparsity);
@@ -15,6 +15,8 @@ folder (default: ``<checkpoint folder>/analysis``):
 * ``graph_stats.json``: per stage density, in/out-degree, share of |alpha| near zero and
   longest path, of the full and of the effective (|alpha| >= ``--near-zero``) graph;
 * ``summary.md``: the same as markdown tables.
+
+The last stdout line is one JSON object (output folder, near-zero shares per stage).
 """
 import argparse
 import json
@@ -23,6 +25,8 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from backbones import cli  # noqa: E402
 
 
 def _labelled(text: str):
@@ -34,15 +38,19 @@ def _labelled(text: str):
     return label, path
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description='Analyse a learned TopoNet topology.')
+def build_parser():
+    parser = cli.make_parser(__doc__)
     parser.add_argument('checkpoint', help='shared checkpoint (.safetensors) or topology export (.json/.npz)')
     parser.add_argument('--label', default='learned', help='name of this run in pictures and tables')
     parser.add_argument('--compare', type=_labelled, action='append', default=[], metavar='LABEL=PATH',
                         help='another run to draw beside it (repeatable), e.g. "w/o sparsity=path"')
-    parser.add_argument('--near-zero', type=float, default=1e-2,
-                        help='|alpha| below this counts as near zero (default 0.01)')
-    parser.add_argument('--out-dir', help='output folder (default: <checkpoint folder>/analysis)')
+    parser.add_argument('--near-zero', type=float, default=1e-2, help='|alpha| below this counts as near zero')
+    cli.add_out_dir(parser, help='output folder (default: work_dirs/analyze_topology/<checkpoint name>)')
+    return parser
+
+
+def run(argv) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.near_zero >= 0:
         parser.error(f'--near-zero must be >= 0, got {args.near_zero}')
@@ -51,8 +59,8 @@ def main(argv=None) -> int:
     from backbones.io_utils import atomic_write_text
     from backbones.viz import plot_adjacency, plot_alpha_histogram
 
-    out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), 'analysis')
-    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(args.checkpoint))[0]
+    out_dir = args.out_dir or cli.default_out_dir('analyze_topology', stem)
     runs = {args.label: load_topology(args.checkpoint)}
     sources = {args.label: os.path.abspath(args.checkpoint)}
     for label, path in args.compare:
@@ -61,6 +69,7 @@ def main(argv=None) -> int:
         runs[label] = load_topology(path)
         sources[label] = os.path.abspath(path)
 
+    os.makedirs(out_dir, exist_ok=True)
     stats = {label: graph_statistics(stages, args.near_zero) for label, stages in runs.items()}
     plot_alpha_histogram(runs, os.path.join(out_dir, 'alpha_hist.png'), title='edge weights alpha')
     written = ['alpha_hist.png', 'adjacency.png']
@@ -82,9 +91,15 @@ def main(argv=None) -> int:
     for label in runs:
         shares = ', '.join(f"{100 * s['near_zero_share']:.1f}%" for s in stats[label])
         longest = ', '.join(str(s['effective']['longest_path']) for s in stats[label])
-        print(f'{label}: |alpha| < {args.near_zero:g} per stage: {shares}; effective longest path: {longest}')
-    print(f'wrote {", ".join(written)} to {out_dir}')
+        cli.rank0_print(f'{label}: |alpha| < {args.near_zero:g} per stage: {shares}; effective longest path: {longest}')
+    cli.rank0_print(f'wrote {", ".join(written)} to {out_dir}')
+    cli.print_result({'out_dir': os.path.abspath(out_dir), 'files': written,
+                      'near_zero_share': {label: [s['near_zero_share'] for s in stats[label]] for label in runs}})
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_main(run, argv)
 
 
 if __name__ == '__main__':

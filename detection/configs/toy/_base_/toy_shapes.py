@@ -60,9 +60,11 @@ param_scheduler = [
 ]
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 
+# A checkpoint every epoch: an interrupted `make demo` continues its detection step from the
+# last finished epoch (tools/train_det.py --resume) instead of starting it again.
 default_hooks = dict(
     logger=dict(interval=10),
-    checkpoint=dict(interval=max_epochs, max_keep_ckpts=1),
+    checkpoint=dict(interval=1, max_keep_ckpts=1),
     visualization=dict(draw=False))
 randomness = dict(seed=0)
 env_cfg = dict(cudnn_benchmark=False)
