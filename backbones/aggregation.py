@@ -5,7 +5,10 @@ node output, in its memory order, so channels_last stays channels_last), and the
 edge weights are laid out once per step as a dense coefficient matrix ``A[dst, src]``.
 
 * Forward: node i's input ``sum_j A[i, j] x_j`` over the run of source rows it reads is one
-  matrix-vector product (reads each source once).
+  matrix-vector product (reads each source once). Row 0 is the stage input as its readers see
+  it (the input projection where the stage changes shape); with ``input_path='projection'``
+  node 1 reads it like every other node, with ``'node1'`` node 1 reads the raw stage input
+  outside the buffer (``StageLayout(first_gathered=...)``).
 * Backward, pull style: a node input's gradient ``g_i`` is written once, as row i of a
   gradient buffer ``G``. Node j's output gradient ``sum_i A[i, j] g_i`` over its readers is
   pulled by one matrix-vector product when autograd reaches node j, i.e. after every
@@ -97,16 +100,22 @@ class StageLayout:
     Args:
         num_nodes (int): Nodes of the stage, input node 0 and output node ``num_nodes - 1``.
         edges (sequence): ``(src, dst)`` per edge, in the order of the stage's edge weights.
+        first_gathered (int): The first node whose input is gathered from the rows: 2 when
+            node 1 reads the raw stage input itself (``input_path='node1'``; its edge (0, 1)
+            stays outside the buffer), 1 when node 1 reads row 0 like every other node.
     """
 
-    def __init__(self, num_nodes: int, edges: Sequence[Tuple[int, int]]):
+    def __init__(self, num_nodes: int, edges: Sequence[Tuple[int, int]], first_gathered: int = 2):
+        if first_gathered not in (1, 2):
+            raise ValueError(f'first_gathered must be 1 or 2, got {first_gathered!r}')
         self.num_nodes = num_nodes
+        self.first_gathered = first_gathered
         self.rows = num_nodes - 1  # node outputs 0..N-2; the stage output is never published
         sources = [[] for _ in range(num_nodes)]
         readers = [[] for _ in range(num_nodes)]
-        gathered = []  # edges whose weight enters through the coefficient matrix (dst >= 2)
+        gathered = []  # edges whose weight enters through the coefficient matrix (dst >= first_gathered)
         for e, (src, dst) in enumerate(edges):
-            if dst >= 2:
+            if dst >= first_gathered:
                 sources[dst].append(src)
                 readers[src].append(dst)
                 gathered.append(e)
@@ -116,10 +125,15 @@ class StageLayout:
         # dense: the runs of rows the gathers read hold at most 1.5x as many rows as there are edges
         run_rows = sum(run[1] - run[0] for run in self.source_runs if run)
         self.dense = run_rows <= 1.5 * len(gathered)
-        gathered_edges = torch.tensor(gathered, dtype=torch.long)
-        # flat position of each gathered edge in A (N x rows) and in G @ X^T ((N - 2) x rows)
-        coeff_index = torch.tensor([edges[e][1] * self.rows + edges[e][0] for e in gathered], dtype=torch.long)
-        grad_index = torch.tensor([(edges[e][1] - 2) * self.rows + edges[e][0] for e in gathered], dtype=torch.long)
+        # on the CPU explicitly: a model built under a device context (timm's create_model(device=...))
+        # must not file meta or CUDA tables under the CPU key
+        cpu = torch.device('cpu')
+        gathered_edges = torch.tensor(gathered, dtype=torch.long, device=cpu)
+        # flat position of each gathered edge in A (N x rows) and in G @ X^T ((N - first_gathered) x rows)
+        coeff_index = torch.tensor([edges[e][1] * self.rows + edges[e][0] for e in gathered], dtype=torch.long,
+                                   device=cpu)
+        grad_index = torch.tensor([(edges[e][1] - first_gathered) * self.rows + edges[e][0] for e in gathered],
+                                  dtype=torch.long, device=cpu)
         self._indices = {torch.device('cpu'): (gathered_edges, coeff_index, grad_index)}
 
     def indices(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -195,8 +209,8 @@ class _Coefficients(torch.autograd.Function):
         grad_alpha = torch.zeros(ctx.alpha_shape, dtype=ctx.alpha_dtype, device=device)
         if ws.grad_buffer is not None:
             with torch.autocast(ws.buffer.device.type, enabled=False):
-                # <g_i, x_j> for every (reader i >= 2, row j): one GEMM over the whole stage
-                inner = torch.mm(ws.grad_buffer[2:], ws.buffer.t())
+                # <g_i, x_j> for every (reader i >= first_gathered, row j): one GEMM over the whole stage
+                inner = torch.mm(ws.grad_buffer[layout.first_gathered:], ws.buffer.t())
             grad_alpha.index_copy_(0, gathered_edges, inner.view(-1).index_select(0, grad_index).to(ctx.alpha_dtype))
         return grad_alpha, None
 

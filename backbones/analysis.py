@@ -24,10 +24,11 @@ from torch import nn
 
 from .pruning import build_compact_model, masked_alpha, node_removal_masks, prune_masks
 from .sparsity import dag_stages
-from .topology_export import StageTopology, extract_topology
+from .topology_export import StageTopology, check_finite_state_dict, check_finite_topology, extract_topology
 
 __all__ = ['stage_statistics', 'graph_statistics', 'alpha_similarity', 'node_damage', 'edge_damage',
-           'DEFAULT_PRUNE_FRACTIONS', 'load_topology', 'statistics_markdown']
+           'DEFAULT_PRUNE_FRACTIONS', 'load_topology', 'statistics_markdown', 'relative_alpha', 'within_node_spread',
+           'relative_alpha_vector', 'relative_alpha_agreement']
 
 DEFAULT_PRUNE_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -89,6 +90,7 @@ def stage_statistics(stage: StageTopology, near_zero: float = 1e-2) -> Dict:
 def graph_statistics(model_or_stages, near_zero: float = 1e-2) -> List[Dict]:
     """``stage_statistics`` for every stage of a model or of a list of ``StageTopology``."""
     stages = extract_topology(model_or_stages) if isinstance(model_or_stages, nn.Module) else list(model_or_stages)
+    check_finite_topology(stages, 'graph statistics')
     return [stage_statistics(s, near_zero) for s in stages]
 
 
@@ -109,6 +111,7 @@ def alpha_similarity(runs: Sequence[Sequence[StageTopology]]) -> List[Dict]:
         raise ValueError(f'alpha similarity needs at least two runs, got {len(runs)}')
     num_stages = len(runs[0])
     for r, run in enumerate(runs):
+        check_finite_topology(run, f'alpha similarity run {r}')
         if len(run) != num_stages:
             raise ValueError(f'run {r} has {len(run)} stages, run 0 has {num_stages}')
         for s, stage in enumerate(run):
@@ -148,6 +151,7 @@ def node_damage(model: nn.Module, evaluate: Callable[[nn.Module], float], progre
     graphs = [s.graph for s in dag_stages(model)]
     if not graphs:
         raise ValueError(f'{type(model).__name__} has no DAG stages')
+    check_finite_state_dict(model.state_dict(), 'node damage model')
     baseline = float(evaluate(model))
     jobs = [(s, i) for s, g in enumerate(graphs) for i in range(1, g.num_nodes - 1)]
     rows = []
@@ -181,6 +185,7 @@ def edge_damage(model: nn.Module, evaluate: Callable[[nn.Module], float],
     stages = list(dag_stages(model))
     if not stages:
         raise ValueError(f'{type(model).__name__} has no DAG stages')
+    check_finite_state_dict(model.state_dict(), 'edge damage model')
     for f in fractions:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f < 1.0:
             raise ValueError(f'prune fractions must be in [0, 1), got {f!r}')
@@ -229,22 +234,27 @@ def _retrain_copy(masked_model: nn.Module, masks):
 
 
 def load_topology(path: str) -> List[StageTopology]:
-    """Graphs and alpha from a shared checkpoint (``.safetensors``) or a topology export
-    (``.json`` / ``.npz``)."""
+    """Graphs and alpha from a shared checkpoint (``.safetensors``: alpha from its
+    ``edge_weights`` tensors, checked against its metadata) or a topology export
+    (``.json`` / ``.npz``). Non-finite alpha is refused, naming the stage and edge."""
     import os
+    from .errors import InputError
     from .topology_export import load_topology_json, load_topology_npz
     ext = os.path.splitext(path)[1].lower()
     if ext == '.safetensors':
         from .checkpoint import read_checkpoint
         stages = read_checkpoint(path).topology
         if not stages:
-            raise ValueError(f'{path} holds no topology (a network without DAG stages)')
-        return stages
-    if ext == '.json':
-        return load_topology_json(path)
-    if ext == '.npz':
-        return load_topology_npz(path)
-    raise ValueError(f'{path}: expected a .safetensors checkpoint or a .json/.npz topology export')
+            raise InputError('no topology (a network without DAG stages)', path, 'a checkpoint of a DAG-stage network')
+    elif ext == '.json':
+        stages = load_topology_json(path)
+    elif ext == '.npz':
+        stages = load_topology_npz(path)
+    else:
+        raise InputError(f'unknown file type {ext or "(none)"!r}', path,
+                         'expected a .safetensors checkpoint or a .json/.npz topology export')
+    check_finite_topology(stages, path)
+    return stages
 
 
 def statistics_markdown(stats: Sequence[Dict], title: str = 'Topology statistics') -> str:
@@ -265,3 +275,95 @@ def statistics_markdown(stats: Sequence[Dict], title: str = 'Topology statistics
             f"{eff['num_edges']} | {eff['density']:.3f} | {eff['longest_path']} | "
             f"{eff['isolated_nodes'] or '-'} | {st['alpha_abs_mean']:.3f} / {st['alpha_abs_max']:.3f} |")
     return '\n'.join(lines) + '\n'
+
+
+# -- alpha relative to each node's mean ------------------------------------------------
+# Every computing node is ReLU-conv-BN: scaling all of a node's input weights by one factor
+# leaves its output unchanged, so only alpha *relative to the node's mean input weight*
+# changes the function. These views remove the free per-node scale before alpha is compared
+# across runs or called "learned".
+
+def _input_groups(stage: StageTopology, min_in_degree: int = 2) -> List[np.ndarray]:
+    """Per destination node with at least ``min_in_degree`` inputs: its edge positions."""
+    dst = np.array([d for _, d in stage.graph.edges])
+    return [np.flatnonzero(dst == node) for node in np.unique(dst) if (dst == node).sum() >= min_in_degree]
+
+
+def relative_alpha(stage: StageTopology) -> np.ndarray:
+    """``alpha_ji / mean_j(alpha_ji)`` per edge, the mean over the edges into the same node;
+    NaN for edges into nodes with a single input (nothing to compare) or a zero mean.
+
+    Example:
+        >>> from backbones.graphs import complete_graph
+        >>> relative_alpha(StageTopology(complete_graph(3), np.array([1., 1, 3]))).tolist()
+        [nan, 0.5, 1.5]
+    """
+    alpha = stage.alpha.astype(np.float64)
+    out = np.full(alpha.shape, np.nan)
+    for group in _input_groups(stage):
+        mean = alpha[group].mean()
+        if mean != 0:
+            out[group] = alpha[group] / mean
+    return out
+
+
+def within_node_spread(stage: StageTopology) -> np.ndarray:
+    """Per node with two or more inputs: the coefficient of variation of its input weights,
+    ``std / |mean|`` (population std). 0 means uniform alpha: the node weighs its inputs
+    as the fixed graph does, whatever their common scale.
+
+    Example:
+        >>> from backbones.graphs import complete_graph
+        >>> within_node_spread(StageTopology(complete_graph(3), np.array([1., 1, 3]))).tolist()
+        [0.5]
+    """
+    alpha = stage.alpha.astype(np.float64)
+    spreads = []
+    for group in _input_groups(stage):
+        mean = abs(alpha[group].mean())
+        spreads.append(alpha[group].std() / mean if mean > 0 else math.inf)
+    return np.array(spreads)
+
+
+def relative_alpha_vector(stages: Sequence[StageTopology]) -> np.ndarray:
+    """All stages' ``relative_alpha - 1`` (the deviation from uniform weighting) on the
+    edges where it is defined, concatenated in stage and edge order."""
+    parts = [relative_alpha(stage) - 1.0 for stage in stages]
+    flat = np.concatenate(parts)
+    return flat[np.isfinite(flat)]
+
+
+def relative_alpha_agreement(runs: Sequence[Sequence[StageTopology]], n_resamples: int = 999,
+                             seed: int = 0) -> Dict:
+    """Do repeated runs learn the same *relative* alpha? The mean over run pairs of the
+    Pearson correlation of their ``relative_alpha - 1`` vectors, and a permutation p-value
+    (``scipy.stats.permutation_test``, ``permutation_type='pairings'``: the edges of each
+    run are shuffled independently, which breaks any agreement tied to edge identity).
+    Also returns the raw-alpha cosine similarity the paper's Figure 5 reads.
+    """
+    from scipy import stats
+
+    if len(runs) < 2:
+        raise ValueError(f'agreement needs at least two runs, got {len(runs)}')
+    for r, run in enumerate(runs[1:], 1):
+        if [s.graph.edges for s in run] != [s.graph.edges for s in runs[0]]:
+            raise ValueError(f'run {r} is wired differently from run 0; alpha can only be compared on one graph')
+    vectors = [relative_alpha_vector(run) for run in runs]
+    if len({v.size for v in vectors}) != 1 or vectors[0].size < 3:
+        raise ValueError('runs have different or too few comparable edges (nodes with two or more inputs)')
+    pairs = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))]
+
+    def mean_pairwise_correlation(*samples, axis=-1):
+        data = np.stack(samples)  # runs x [resamples x] edges
+        data = data - data.mean(axis=axis, keepdims=True)
+        norm = np.sqrt((data ** 2).sum(axis=axis))
+        values = [(data[i] * data[j]).sum(axis=axis) / np.maximum(norm[i] * norm[j], 1e-300) for i, j in pairs]
+        return np.mean(values, axis=0)
+
+    test = stats.permutation_test(vectors, mean_pairwise_correlation, permutation_type='pairings',
+                                  alternative='greater', n_resamples=n_resamples, vectorized=True,
+                                  rng=np.random.default_rng(seed))
+    raw = [np.concatenate([s.alpha.astype(np.float64) for s in run]) for run in runs]
+    cosine = [float(raw[i] @ raw[j] / max(np.linalg.norm(raw[i]) * np.linalg.norm(raw[j]), 1e-300)) for i, j in pairs]
+    return dict(runs=len(runs), edges=int(vectors[0].size), mean_correlation=float(test.statistic),
+                p_value=float(test.pvalue), n_resamples=n_resamples, mean_raw_cosine=float(np.mean(cosine)))

@@ -7,6 +7,12 @@ element (traced as DAGStage's fused ``_WeightedSum``, or ``aten::mul``/``aten::a
 the scripted path). Edge weights fixed at 1 run as plain additions and are not counted. Batch norm is
 not counted (it folds into the preceding conv at inference), nor are ReLU and pooling,
 the convention of torchvision's and timm's published GFLOPs (ResNet-50: 4.1G).
+
+Every DAG stage is traced through its ``weighted_sum`` formulation, whatever its
+``aggregation`` setting: the ``stacked`` one computes the same sums inside custom autograd
+functions the analyzer cannot see into. With either ``input_path`` every edge is counted,
+(0, 1) included: at the stage input's shape when node 1 reads the raw input (``'node1'``),
+at the new shape when it reads the projection (``'projection'``).
 """
 from __future__ import annotations
 
@@ -45,8 +51,13 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -
     from mmengine.analysis import FlopAnalyzer
     if len(input_size) != 4:
         raise ValueError(f'input_size must be (N, C, H, W), got {tuple(input_size)}')
+    from .dag import DAGStage
     was_training = model.training
     model.eval()
+    stages = [m for m in model.modules() if isinstance(m, DAGStage)]
+    aggregations = [stage.aggregation for stage in stages]
+    for stage in stages:
+        stage.aggregation = 'weighted_sum'
     try:
         param = next(model.parameters())
         inputs = (torch.zeros(tuple(input_size), dtype=param.dtype, device=param.device),)
@@ -61,3 +72,5 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224)) -
         return int(analyzer.total())
     finally:
         model.train(was_training)
+        for stage, mode in zip(stages, aggregations):
+            stage.aggregation = mode

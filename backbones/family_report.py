@@ -1,5 +1,6 @@
-"""The TopoNet family at a glance: edges per stage, parameters and MACs of every
-registered ImageNet topology beside the paper's Table 4 / Table 7, plus adjacency PNGs."""
+"""The TopoNet family at a glance: edges per stage, parameters (with and without the edge
+weights alpha) and MACs of every registered ImageNet topology beside the paper's Table 4 /
+Table 7, plus adjacency PNGs."""
 from __future__ import annotations
 
 import json
@@ -34,9 +35,11 @@ FAMILY = tuple(PAPER_TABLE4)
 
 
 def family_report(names: Sequence[str] = FAMILY, out_dir: Optional[str] = None, input_size: int = 224,
-                  seed: int = 0, progress: bool = True) -> List[dict]:
+                  seed: int = 0, progress: bool = True, input_path: Optional[str] = None) -> List[dict]:
     """Build each model, count edges/params/MACs, and (with ``out_dir``) write one
-    adjacency PNG per model plus ``report.json`` and ``report.md``."""
+    adjacency PNG per model plus ``report.json`` and ``report.md``. ``input_path``
+    overrides the models' wiring of stage inputs (``backbones/dag.py``; default: the
+    configs', ``'projection'``)."""
     from tqdm import tqdm
     from .viz import plot_adjacency
 
@@ -48,13 +51,14 @@ def family_report(names: Sequence[str] = FAMILY, out_dir: Optional[str] = None, 
     for name in bar:
         bar.set_postfix_str(name)
         start = time.perf_counter()
-        model = TopoNet(model_cfgs[name], seed=seed)
+        model = TopoNet(model_cfgs[name], seed=seed, input_path=input_path)
         edges = [stage.graph.num_edges for stage in model.stages]
+        params = count_parameters(model)
         row = {
             'model': name, 'topology': model.cfg.topology.kind, 'params': dict(model.cfg.topology.params),
-            'seed': seed, 'nodes': list(model.cfg.nodes), 'edges': edges,
+            'seed': seed, 'nodes': list(model.cfg.nodes), 'edges': edges, 'input_path': model.cfg.input_path,
             'paper_edges': list(PAPER_TABLE4[name]) if PAPER_TABLE4.get(name) else None,
-            'params_m': count_parameters(model) / 1e6,
+            'params_m': params / 1e6, 'params_without_alpha_m': (params - sum(edges)) / 1e6,
             'gmacs': count_macs(model, (1, 3, input_size, input_size)) / 1e9,
             'input_size': input_size,
         }
@@ -72,13 +76,14 @@ def family_report(names: Sequence[str] = FAMILY, out_dir: Optional[str] = None, 
 
 def format_report(rows: Sequence[dict]) -> str:
     lines = [
-        f'| model | edges per stage | paper edges | params (M) | vs {PAPER_PARAMS_M} | GMACs | vs {PAPER_GMACS} |',
-        '|---|---|---|---|---|---|---|',
+        f'| model | edges per stage | paper edges | params (M) | without alpha (M) | vs {PAPER_PARAMS_M} | GMACs | '
+        f'vs {PAPER_GMACS} |',
+        '|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         paper = '{' + ','.join(map(str, r['paper_edges'])) + '}' if r['paper_edges'] else '-'
         lines.append(
-            f"| {r['model']} | {{{','.join(map(str, r['edges']))}}} | {paper} | {r['params_m']:.2f} | "
-            f"{100 * (r['params_m'] / PAPER_PARAMS_M - 1):+.1f}% | {r['gmacs']:.2f} | "
-            f"{100 * (r['gmacs'] / PAPER_GMACS - 1):+.1f}% |")
+            f"| {r['model']} | {{{','.join(map(str, r['edges']))}}} | {paper} | {r['params_m']:.3f} | "
+            f"{r['params_without_alpha_m']:.3f} | {100 * (r['params_m'] / PAPER_PARAMS_M - 1):+.1f}% | "
+            f"{r['gmacs']:.2f} | {100 * (r['gmacs'] / PAPER_GMACS - 1):+.1f}% |")
     return '\n'.join(lines)

@@ -27,9 +27,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 
 from .dag import DAGStage
-from .dagnet import DAGNetMixin, checkpoint_filter_fn
+from .dagnet import DAGFeatureListNet, DAGNetMixin, checkpoint_filter_fn, factory_device, follow_in_chans
 from .toponet import _cfg
 from .graphs import GraphSpec, complete_graph, residual_graph
+from .ops import ConvBnSequential
 
 __all__ = ['MobileNetV2Topo', 'MBV2_SETTINGS', 'stage_depths']
 
@@ -66,11 +67,14 @@ class MobileNetV2Topo(DAGNetMixin, nn.Module):
         alpha_trainable (bool): Learn the edge weights (the paper's optimised network).
         graphs (sequence, optional): One ``GraphSpec`` (or dict) per stage, overriding the
             generated ones (used when loading a checkpoint).
+        device, dtype: Where and in which floating-point type parameters and buffers are
+            created (timm's factory passes both; ``'meta'`` allocates nothing).
     """
 
     def __init__(self, depth_multiplier: int = 1, topology: str = 'residual', num_classes: int = 1000,
                  in_chans: int = 3, global_pool: str = 'avg', drop_rate: float = 0.2, alpha_trainable: bool = True,
-                 graphs: Optional[Sequence[Union[GraphSpec, Dict]]] = None):
+                 graphs: Optional[Sequence[Union[GraphSpec, Dict]]] = None,
+                 device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
         if topology not in ('residual', 'complete'):
             raise ValueError(f"MobileNetV2 topology must be 'residual' or 'complete', got {topology!r}")
@@ -83,30 +87,34 @@ class MobileNetV2Topo(DAGNetMixin, nn.Module):
             if len(graphs) != len(MBV2_SETTINGS):
                 raise ValueError(f'{len(graphs)} graphs given for a {len(MBV2_SETTINGS)}-stage MobileNetV2')
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        self.stem = nn.Sequential()
-        self.stem.add_module('conv', nn.Conv2d(in_chans, 32, 3, stride=2, padding=1, bias=False))
-        self.stem.add_module('bn', nn.BatchNorm2d(32))
-        self.stem.add_module('act', nn.ReLU6())
-        # features at the last stage of each stride, as timm's MobileNetV2: 16/24/32/96/320 channels
-        self.feature_info = []
-        stages, prev, reduction = [], 32, 2
-        for i, ((t, c, _, s), graph) in enumerate(zip(MBV2_SETTINGS, graphs)):
-            stages.append(DAGStage(graph, prev, c, stride=s, node_op='inverted_bottleneck',
-                                   alpha_trainable=alpha_trainable, node_kwargs={'expand_ratio': t}))
-            prev, reduction = c, reduction * s
-            if i == len(MBV2_SETTINGS) - 1 or MBV2_SETTINGS[i + 1][3] == 2:
-                self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
-        self.final_conv = nn.Sequential()
-        self.final_conv.add_module('conv', nn.Conv2d(prev, 1280, 1, bias=False))
-        self.final_conv.add_module('bn', nn.BatchNorm2d(1280))
-        self.final_conv.add_module('act', nn.ReLU6())
-        self.num_features = self.head_hidden_size = 1280
-        self.head = ClassifierHead(1280, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self._init_weights()
+        with factory_device(device):
+            self.stem = ConvBnSequential()
+            self.stem.add_module('conv', nn.Conv2d(in_chans, 32, 3, stride=2, padding=1, bias=False))
+            self.stem.add_module('bn', nn.BatchNorm2d(32))
+            self.stem.add_module('act', nn.ReLU6())
+            # features at the last stage of each stride, as timm's MobileNetV2: 16/24/32/96/320 channels
+            self.feature_info = []
+            stages, prev, reduction = [], 32, 2
+            for i, ((t, c, _, s), graph) in enumerate(zip(MBV2_SETTINGS, graphs)):
+                stages.append(DAGStage(graph, prev, c, stride=s, node_op='inverted_bottleneck',
+                                       alpha_trainable=alpha_trainable, node_kwargs={'expand_ratio': t}))
+                prev, reduction = c, reduction * s
+                if i == len(MBV2_SETTINGS) - 1 or MBV2_SETTINGS[i + 1][3] == 2:
+                    self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f'stages.{i}'))
+            self.stages = nn.Sequential(*stages)
+            self.final_conv = ConvBnSequential()
+            self.final_conv.add_module('conv', nn.Conv2d(prev, 1280, 1, bias=False))
+            self.final_conv.add_module('bn', nn.BatchNorm2d(1280))
+            self.final_conv.add_module('act', nn.ReLU6())
+            self.num_features = self.head_hidden_size = 1280
+            self.head = ClassifierHead(1280, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+            self._init_weights()
+        if dtype is not None:
+            self.to(dtype=dtype)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
@@ -129,17 +137,27 @@ class MobileNetV2Topo(DAGNetMixin, nn.Module):
             return intermediates
         return self.final_conv(x), intermediates
 
-
-
-
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        """Drop the stages after the last feature of ``indices`` (``feature_info`` order) and,
+        with ``prune_head``, the final conv and the classifier; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        last_stage = int(self.feature_info[max_index]['module'].split('.')[1])
+        self.stages = self.stages[:last_stage + 1]
+        if prune_head:
+            self.final_conv = nn.Identity()
+            self.reset_classifier(0, '')
+        return take_indices
 
 
 def _create(variant: str, pretrained: bool, depth_multiplier: int, optimized: bool, **kwargs) -> MobileNetV2Topo:
     kwargs.setdefault('alpha_trainable', optimized)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         MobileNetV2Topo, variant, pretrained, depth_multiplier=depth_multiplier,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4)), **kwargs)
+        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4), feature_cls=DAGFeatureListNet),
+        **kwargs)
+    return follow_in_chans(model)
 
 
 default_cfgs = generate_default_cfgs({

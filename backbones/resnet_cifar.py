@@ -35,7 +35,7 @@ def resnet_cifar_cfg(depth: int, optimized: bool) -> TopoNetCfg:
     topology = TopologyCfg('complete') if optimized else TopologyCfg('residual', (('interval', 2),))
     return TopoNetCfg(nodes=(2 * blocks + 2,) * 3, stage_chs=(16, 32, 64), stage_strides=(1, 2, 2), stem_chs=16,
                       stem_kernel_size=3, stem_stride=1, node_op='conv3x3', proj_op='conv1x1', head_chs=0,
-                      topology=topology)
+                      topology=topology, input_path='node1')  # node 1 is the block's strided conv: He et al.'s counts
 
 
 for _depth in _DEPTHS:

@@ -8,10 +8,19 @@ Architecture (Table 1): a 7x7 conv head with C channels at stride 2, four DAG st
 classifier. The classifier is RandWire's (Xie et al., 2019, whom the paper follows):
 ReLU -> 1x1 conv to 1280 -> BN -> ReLU -> global average pool -> FC. Table 1 lists only
 "GAP, 1k-d FC", but the paper's own numbers require the 1280-d conv: with it, C=64 and
-N={14,20,26,14} give 23.20M parameters (Table 4: 23.23M) and, for the face model, Conv/BN
-of 20.61M beside an FC of 12.85M (Table 6: 20.64M / 12.85M); without it the ImageNet
-model would have 21.63M. How stage inputs reach nodes at the new resolution is
-documented in ``backbones/dag.py``.
+N={14,20,26,14} give 23.90M parameters (Table 4: 23.23M, +2.9%) and, for the face model,
+Conv/BN of 21.30M beside an FC of 12.85M (Table 6: 20.64M / 12.85M, +3.2% / 0%); without
+it the ImageNet model would have 22.59M.
+
+Stage inputs (``backbones/dag.py``): every TopoNet uses ``input_path='projection'``. Each
+stage projects its input once to the new resolution and width, every edge out of the stage
+input reads that projection, and every computing node maps the stage width to itself, so
+all topologies of the family have the same weights (23,901,160 for C=64, 424,682 for the
+Fashion-MNIST models) and differ only by their edge weights. ``input_path='node1'`` builds
+the earlier wiring, in which node 1 carries the stage's shape change: 23.20M for the
+complete C=64 network (-0.1%) and 20.60M face Conv/BN (-0.2%), but fewer parameters for
+graphs whose stage input feeds node 1 alone (BA: 22.49M), which confounds comparisons of
+topologies.
 
 Origin: this project. Licence: Apache-2.0.
 """
@@ -28,10 +37,11 @@ from timm.layers import ClassifierHead
 from timm.models import build_model_with_cfg, register_model, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
-from .dag import DAGStage
-from .dagnet import DAGNetMixin, checkpoint_filter_fn
+from .dag import INPUT_PATHS, DAGStage
+from .dagnet import DAGFeatureListNet, DAGNetMixin, checkpoint_filter_fn, factory_device, follow_in_chans
+from .errors import InputError
 from .graphs import GRAPH_KINDS, GraphSpec, build_graph, derive_seed
-from .ops import NODE_OPS
+from .ops import NODE_OPS, ConvBnSequential
 
 __all__ = ['TopologyCfg', 'TopoNetCfg', 'TopoNet', 'model_cfgs', 'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD']
 
@@ -76,6 +86,10 @@ class TopoNetCfg:
     proj_op: Optional[str] = None  # input projection op; None: same as node_op
     head_chs: int = 1280
     topology: TopologyCfg = field(default_factory=TopologyCfg)
+    # How a stage input reaches nodes at the new shape (backbones.dag): 'projection' feeds
+    # every edge out of the stage input from one projection, so every topology has the same
+    # ops; 'node1' lets node 1 carry the shape change (parameters then follow the graph).
+    input_path: str = 'projection'
 
     def __post_init__(self):
         if not (len(self.nodes) == len(self.stage_chs) == len(self.stage_strides)) or not self.nodes:
@@ -91,6 +105,8 @@ class TopoNetCfg:
             op = getattr(self, name)
             if op not in NODE_OPS and not (name == 'proj_op' and op is None):
                 raise ValueError(f'unknown node op {op!r}; expected one of {tuple(NODE_OPS)}')
+        if self.input_path not in INPUT_PATHS:
+            raise ValueError(f'unknown input_path {self.input_path!r}; expected one of {INPUT_PATHS}')
         if self.head_chs < 0:
             raise ValueError(f'head_chs must be >= 0 (0: no 1x1 conv head), got {self.head_chs}')
 
@@ -107,8 +123,8 @@ def toponet_fmnist_cfg(kind: str = 'complete', **params) -> TopoNetCfg:
     last stage: a 4x4 map is small enough). The last stage is 10C rather than Table 1's 16C:
     at 4x4 its pointwise convolutions cost most of the time of a CPU training step, and the
     narrower stage trains to higher accuracy within the demo's time budget. Eight nodes or
-    more per stage leave the 6 computing nodes that BA (m=5) and WS (k=4) need. About 9.7M
-    MACs per image, 0.41M parameters."""
+    more per stage leave the 6 computing nodes that BA (m=5) and WS (k=4) need. 10.1M MACs
+    per image for complete DAGs, 424,682 parameters without alpha for every topology."""
     return TopoNetCfg(nodes=(8, 10, 12, 8), stage_chs=(32, 64, 128, 160), stage_strides=(2, 2, 2, 1),
                       stem_chs=16, stem_kernel_size=3, stem_stride=1, head_chs=0,
                       topology=TopologyCfg(kind, tuple(sorted(params.items()))))
@@ -148,6 +164,13 @@ class TopoNet(DAGNetMixin, nn.Module):
         seed (int, optional): Overrides ``cfg.topology.seed`` for random generators.
         aggregation (str): Eager formulation of the alpha-weighted sums
             (``backbones.dag.AGGREGATIONS``); speed and memory only, results are the same.
+        input_path (str, optional): Overrides ``cfg.input_path`` (``'projection'``, the
+            default of every TopoNet, or ``'node1'``, the wiring in which node 1 carries the
+            stage's shape change; ``backbones/dag.py``). Its weights do not load into the
+            other wiring.
+        device, dtype: Where and in which floating-point type parameters and buffers are
+            created (timm's factory passes both to every model; ``'meta'`` allocates
+            nothing). None: the default device, float32.
 
     Example:
         >>> model = TopoNet(model_cfgs['toponet_fmnist_complete'], num_classes=10, in_chans=1)
@@ -158,10 +181,15 @@ class TopoNet(DAGNetMixin, nn.Module):
     def __init__(self, cfg: TopoNetCfg, num_classes: int = 1000, in_chans: int = 3, global_pool: str = 'avg',
                  drop_rate: float = 0.0, alpha_trainable: bool = True,
                  graphs: Optional[Sequence[Union[GraphSpec, Dict]]] = None, seed: Optional[int] = None,
-                 aggregation: str = 'auto'):
+                 aggregation: str = 'auto', input_path: Optional[str] = None,
+                 device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
         if seed is not None:
             cfg = replace(cfg, topology=replace(cfg.topology, seed=int(seed)))
+        if input_path is not None:
+            if input_path not in INPUT_PATHS:
+                raise InputError(f'unknown input_path {input_path!r}', 'TopoNet', f'one of {INPUT_PATHS}')
+            cfg = replace(cfg, input_path=input_path)
         if graphs is None:
             graphs = cfg.topology.build(cfg.nodes)
         else:
@@ -170,37 +198,42 @@ class TopoNet(DAGNetMixin, nn.Module):
                 raise ValueError(f'{len(graphs)} graphs given for a {len(cfg.nodes)}-stage network')
         self.cfg = cfg
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        with factory_device(device):
+            self.stem = ConvBnSequential()
+            self.stem.add_module('conv', nn.Conv2d(in_chans, cfg.stem_chs, cfg.stem_kernel_size,
+                                                   stride=cfg.stem_stride, padding=cfg.stem_kernel_size // 2,
+                                                   bias=False))
+            self.stem.add_module('bn', nn.BatchNorm2d(cfg.stem_chs))
+            reduction = cfg.stem_stride
+            self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=reduction, module='stem.bn')]
 
-        self.stem = nn.Sequential()
-        self.stem.add_module('conv', nn.Conv2d(in_chans, cfg.stem_chs, cfg.stem_kernel_size, stride=cfg.stem_stride,
-                                               padding=cfg.stem_kernel_size // 2, bias=False))
-        self.stem.add_module('bn', nn.BatchNorm2d(cfg.stem_chs))
-        reduction = cfg.stem_stride
-        self.feature_info = [dict(num_chs=cfg.stem_chs, reduction=reduction, module='stem.bn')]
+            stages = []
+            prev_chs = cfg.stem_chs
+            for s, (graph, chs, stride) in enumerate(zip(graphs, cfg.stage_chs, cfg.stage_strides)):
+                stages.append(DAGStage(graph, prev_chs, chs, stride=stride, node_op=cfg.node_op,
+                                       alpha_trainable=alpha_trainable, proj_op=cfg.proj_op, aggregation=aggregation,
+                                       input_path=cfg.input_path))
+                prev_chs = chs
+                reduction *= stride
+                self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'stages.{s}'))
+            self.stages = nn.Sequential(*stages)
 
-        stages = []
-        prev_chs = cfg.stem_chs
-        for s, (graph, chs, stride) in enumerate(zip(graphs, cfg.stage_chs, cfg.stage_strides)):
-            stages.append(DAGStage(graph, prev_chs, chs, stride=stride, node_op=cfg.node_op,
-                                   alpha_trainable=alpha_trainable, proj_op=cfg.proj_op, aggregation=aggregation))
-            prev_chs = chs
-            reduction *= stride
-            self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'stages.{s}'))
-        self.stages = nn.Sequential(*stages)
-
-        # Stage outputs are sums of BN outputs (pre-activation), hence the leading ReLU.
-        self.final_conv = nn.Sequential()
-        self.final_conv.add_module('act', nn.ReLU())
-        if cfg.head_chs:
-            self.final_conv.add_module('conv', nn.Conv2d(prev_chs, cfg.head_chs, 1, bias=False))
-            self.final_conv.add_module('bn', nn.BatchNorm2d(cfg.head_chs))
-            self.final_conv.add_module('act2', nn.ReLU())
-            prev_chs = cfg.head_chs
-        self.num_features = self.head_hidden_size = prev_chs
-        self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
-        self._init_weights()
+            # Stage outputs are sums of BN outputs (pre-activation), hence the leading ReLU.
+            self.final_conv = ConvBnSequential()
+            self.final_conv.add_module('act', nn.ReLU())
+            if cfg.head_chs:
+                self.final_conv.add_module('conv', nn.Conv2d(prev_chs, cfg.head_chs, 1, bias=False))
+                self.final_conv.add_module('bn', nn.BatchNorm2d(cfg.head_chs))
+                self.final_conv.add_module('act2', nn.ReLU())
+                prev_chs = cfg.head_chs
+            self.num_features = self.head_hidden_size = prev_chs
+            self.head = ClassifierHead(prev_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+            self._init_weights()
+        if dtype is not None:
+            self.to(dtype=dtype)
 
     # -- timm interface beyond DAGNetMixin -------------------------------------------
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
@@ -238,11 +271,13 @@ class TopoNet(DAGNetMixin, nn.Module):
 
 
 def _create_toponet(variant: str, pretrained: bool = False, **kwargs) -> TopoNet:
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         TopoNet, variant, pretrained, model_cfg=model_cfgs[variant],
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(len(model_cfgs[variant].nodes) + 1))),
+        feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(len(model_cfgs[variant].nodes) + 1)),
+                         feature_cls=DAGFeatureListNet),
         **kwargs)
+    return follow_in_chans(model)
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

@@ -5,8 +5,11 @@ Body: the TopoNet of Table 1 with a 3x3 stride-1 stem (faces are already cropped
 112x112, as in ArcFace's IResNet) and no 1x1 head conv, so four stride-2 stages end at
 7x7 with 16C channels. Head (ArcFace's "E" output): BN2d -> Dropout -> flatten -> FC to
 the 256-d feature -> BN1d (scale fixed at 1). For C=64, N={14,20,26,14} this gives
-20.60M Conv/BN parameters and an FC of 1024 * 7 * 7 * 256 + 256 = 12.85M, Table 6's
-20.64M / 12.85M.
+21.30M Conv/BN parameters and an FC of 1024 * 7 * 7 * 256 + 256 = 12.85M, against Table
+6's 20.64M / 12.85M: Conv/BN is 3.2% over because, with TopoNet's default
+``input_path='projection'`` (``backbones/dag.py``), node 1 of each stage reads the input
+projection at the new width (every topology then has the same weights);
+``input_path='node1'``, where node 1 carries the stage's shape change, gives 20.60M (-0.2%).
 
 The network is described by plain keyword arguments (``channels``, ``nodes``,
 ``topology``, ...) so that the shared checkpoint (``backbones.checkpoint``) stores them
@@ -46,6 +49,9 @@ class FaceTopoNet(nn.Module):
         alpha_trainable (bool): Learn the edge weights.
         graphs (sequence, optional): Explicit stage graphs (checkpoint loading).
         in_chans (int): Image channels.
+        input_path (str): How each stage input reaches its nodes (``backbones/dag.py``):
+            ``'projection'`` (the TopoNet default: every topology has the same ops) or
+            ``'node1'`` (node 1 carries the stage's shape change).
 
     Example:
         >>> net = FaceTopoNet(channels=8, nodes=(4, 4, 4, 4))
@@ -57,7 +63,8 @@ class FaceTopoNet(nn.Module):
                  topology_params: Optional[Dict[str, Any]] = None, seed: int = 0, input_size: int = 112,
                  stem_stride: int = 1, stem_kernel_size: int = 3, stage_strides: Sequence[int] = (2, 2, 2, 2),
                  embedding_size: int = 256, dropout: float = 0.0, alpha_trainable: bool = True,
-                 graphs: Optional[Sequence[Union[GraphSpec, Dict]]] = None, in_chans: int = 3):
+                 graphs: Optional[Sequence[Union[GraphSpec, Dict]]] = None, in_chans: int = 3,
+                 input_path: str = 'projection'):
         super().__init__()
         if embedding_size < 1:
             raise ValueError(f'embedding_size must be >= 1, got {embedding_size}')
@@ -72,7 +79,8 @@ class FaceTopoNet(nn.Module):
         cfg = toponet_cfg(channels, nodes, topology, **dict(topology_params or {}))
         cfg = replace(cfg, stem_stride=stem_stride, stem_kernel_size=stem_kernel_size, head_chs=0,
                       stage_strides=tuple(stage_strides),
-                      topology=TopologyCfg(topology, tuple(sorted((topology_params or {}).items())), seed))
+                      topology=TopologyCfg(topology, tuple(sorted((topology_params or {}).items())), seed),
+                      input_path=input_path)
         self.body = TopoNet(cfg, num_classes=0, in_chans=in_chans, alpha_trainable=alpha_trainable, graphs=graphs)
         self.input_size = input_size
         self.final_size = input_size // stride
@@ -151,14 +159,20 @@ def load_backbone_weights(model: FaceTopoNet, path: str) -> Dict[str, list]:
 
 
 def load_face_checkpoint(path: str, map_location: str = 'cpu') -> FaceTopoNet:
-    """Rebuild a ``FaceTopoNet`` from a checkpoint written by the face training run."""
-    from backbones.checkpoint import read_checkpoint
+    """Rebuild a ``FaceTopoNet`` from a checkpoint written by the face training run. Every
+    tensor must fit (``backbones.checkpoint.load_state_strictly``) and be finite; a
+    classification checkpoint or a bare backbone is an ``InputError``."""
+    from backbones.checkpoint import load_state_strictly, read_checkpoint
+    from backbones.errors import InputError
+    from backbones.topology_export import check_finite_state_dict
     ckpt = read_checkpoint(path)
     if ckpt.model_name != 'face_toponet':
-        raise ValueError(f'{path} holds a {ckpt.model_name!r} model, expected a face_toponet checkpoint')
+        raise InputError(f'the checkpoint holds a {ckpt.model_name!r} model', path,
+                         'a face_toponet checkpoint written by tools/train_face.py')
+    check_finite_state_dict(ckpt.state_dict, path)
     kwargs = dict(ckpt.model_kwargs)
     if ckpt.topology:
         kwargs['graphs'] = ckpt.graphs
     model = FaceTopoNet(**kwargs)
-    model.load_state_dict({k: v.to(map_location) for k, v in ckpt.state_dict.items()}, strict=True)
+    load_state_strictly(model, {k: v.to(map_location) for k, v in ckpt.state_dict.items()}, path, 'the face TopoNet')
     return model.eval()

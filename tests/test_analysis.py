@@ -23,6 +23,12 @@ from classification.damage import (Normalizer, accuracy_evaluator, evaluate_accu
 from tests.helpers.tiny_data import make_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST_CONFIG = os.path.join(ROOT, 'classification', 'configs', 'toponet_fmnist_adaptive.py')
+
+
+def _data_options(root):
+    return ['--cfg-options', f'train_dataloader.dataset.root={root}', 'train_dataloader.dataset.holdout=0',
+            f'test_dataloader.dataset.root={root}']
 
 
 def _tool(name):
@@ -106,7 +112,7 @@ def trained(tiny_root):
     model = TopoNet(SMALL_CFG, num_classes=10, in_chans=1)
     train_loader = fashion_mnist_loader('train', tiny_root, batch_size=32)
     test_loader = fashion_mnist_loader('test', tiny_root, batch_size=64)
-    train_weights(model, train_loader, 25, NORM, lr=0.1, progress=False)
+    train_weights(model, train_loader, 40, NORM, lr=0.1, progress=False)
     return model.eval(), train_loader, test_loader
 
 
@@ -290,9 +296,9 @@ def test_alpha_similarity_tool(fmnist_checkpoints, tmp_path):
 def test_graph_damage_tool(fmnist_checkpoints, tiny_root, capsys):
     root, paths = fmnist_checkpoints
     out = root / 'damage'
-    assert _tool('graph_damage').main([paths['sparse'], '--data-root', tiny_root, '--eval-samples', '16',
+    assert _tool('graph_damage').main([FMNIST_CONFIG, paths['sparse'], '--eval-samples', '16',
                                        '--fractions', '0.5', '--per-stage', '--retrain-iters', '1',
-                                       '--batch-size', '8', '--out-dir', str(out)]) == 0
+                                       '--batch-size', '8', '--out-dir', str(out), *_data_options(tiny_root)]) == 0
     nodes = json.loads((out / 'node_damage.json').read_text())
     assert len(nodes['nodes']) == 6 + 8 + 10 + 6 and nodes['eval_samples'] == 16
     edges = json.loads((out / 'edge_damage.json').read_text())
@@ -306,16 +312,17 @@ def test_graph_damage_tool(fmnist_checkpoints, tiny_root, capsys):
 
 def test_snapshot_eval_tool(tiny_root, tmp_path):
     out = tmp_path / 'snap'
-    assert _tool('snapshot_eval').main(['--search-iters', '2', '--snapshot-at', '0', '2', '--train-iters', '1',
-                                        '--batch-size', '8', '--data-root', tiny_root, '--eval-samples', '16',
-                                        '--out-dir', str(out)]) == 0
+    assert _tool('snapshot_eval').main([FMNIST_CONFIG, '--search-iters', '2', '--snapshot-at', '0', '2',
+                                        '--train-iters', '1', '--batch-size', '8', '--eval-samples', '16',
+                                        '--out-dir', str(out), *_data_options(tiny_root)]) == 0
     result = json.loads((out / 'snapshot_accuracy.json').read_text())
     assert [r['iteration'] for r in result['rows']] == [0, 2]
     assert result['rows'][0]['alpha_abs_mean'] == 1.0
     assert (out / 'snapshots' / 'iter_2.json').is_file() and (out / 'snapshot_accuracy.png').is_file()
     # the saved snapshots score again through --snapshots
     out2 = tmp_path / 'again'
-    assert _tool('snapshot_eval').main(['--snapshots', str(out / 'snapshots' / 'iter_2.json'), '--iterations', '2',
-                                        '--train-iters', '1', '--batch-size', '8', '--data-root', tiny_root,
-                                        '--eval-samples', '16', '--out-dir', str(out2)]) == 0
+    assert _tool('snapshot_eval').main([FMNIST_CONFIG, '--snapshots', str(out / 'snapshots' / 'iter_2.json'),
+                                        '--iterations', '2', '--train-iters', '1', '--batch-size', '8',
+                                        '--eval-samples', '16', '--out-dir', str(out2),
+                                        *_data_options(tiny_root)]) == 0
     assert json.loads((out2 / 'snapshot_accuracy.json').read_text())['rows'][0]['iteration'] == 2

@@ -15,7 +15,8 @@ def reference_forward(stage: DAGStage, x: torch.Tensor) -> torch.Tensor:
             if dst != i:
                 continue
             feat = outputs[src]
-            if src == 0 and i != 1 and stage.input_proj is not None:
+            # the projection feeds every edge out of the input, except (0, 1) in 'node1' mode
+            if src == 0 and stage.input_proj is not None and (i != 1 or stage.input_path == 'projection'):
                 feat = stage.input_proj(x)
             terms.append(alpha[e] * feat)
         total = torch.stack(terms).sum(0)
@@ -23,10 +24,14 @@ def reference_forward(stage: DAGStage, x: torch.Tensor) -> torch.Tensor:
     return outputs[graph.num_nodes - 1]
 
 
+INPUT_PATHS = ['node1', 'projection']
+
+
 @pytest.mark.parametrize('graph', [complete_graph(7), residual_graph(9, 2), random_graph(10, 0.5, seed=1)])
 @pytest.mark.parametrize('node_op', ['sep', 'conv3x3', 'inverted_bottleneck'])
-def test_forward_matches_eq1(graph, node_op):
-    stage = DAGStage(graph, 6, 12, stride=2, node_op=node_op).eval()
+@pytest.mark.parametrize('input_path', INPUT_PATHS)
+def test_forward_matches_eq1(graph, node_op, input_path):
+    stage = DAGStage(graph, 6, 12, stride=2, node_op=node_op, input_path=input_path).eval()
     with torch.no_grad():
         stage.edge_weights.uniform_(-1.5, 1.5)
     x = torch.randn(2, 6, 16, 16)
@@ -76,17 +81,57 @@ def test_input_projection_only_where_needed():
     assert DAGStage(complete_graph(6), 4, 8, stride=2).input_proj is not None
     # same shape in and out: the stage input is used as it is
     assert DAGStage(complete_graph(6), 8, 8, stride=1).input_proj is None
+    assert DAGStage(complete_graph(6), 8, 8, stride=1, input_path='projection').input_proj is None
     # a chain reads the stage input only at node 1, which carries the change itself
     chain = GraphSpec(5, ((0, 1), (1, 2), (2, 3), (3, 4)))
     assert DAGStage(chain, 4, 8, stride=2).input_proj is None
+    # ... unless node 1 reads the projection like every other node
+    assert DAGStage(chain, 4, 8, stride=2, input_path='projection').input_proj is not None
 
 
 def test_first_node_carries_stride_and_channels():
     stage = DAGStage(complete_graph(6), 4, 8, stride=2)
+    assert stage.input_path == 'node1'  # the default of DAGStage (ResNet-CIFAR, MobileNetV2)
     first = stage.nodes[0]
     assert first.conv_dw.stride == (2, 2) and first.conv_dw.in_channels == 4 and first.conv_pw.out_channels == 8
     for node in list(stage.nodes)[1:]:
         assert node.conv_dw.stride == (1, 1) and node.conv_dw.in_channels == 8
+
+
+def test_projection_carries_stride_and_channels_and_every_node_is_alike():
+    stage = DAGStage(complete_graph(6), 4, 8, stride=2, input_path='projection')
+    proj = stage.input_proj
+    assert proj.conv_dw.stride == (2, 2) and proj.conv_dw.in_channels == 4 and proj.conv_pw.out_channels == 8
+    for node in stage.nodes:
+        assert node.conv_dw.stride == (1, 1) and node.conv_dw.in_channels == 8 and node.conv_pw.out_channels == 8
+
+
+def _weights_without_alpha(stage):
+    return {n: tuple(p.shape) for n, p in stage.named_parameters() if n != 'edge_weights'}
+
+
+def test_projection_stage_ops_do_not_depend_on_the_graph():
+    # Same node count, very different wirings (a chain reads the input only at node 1):
+    # with the projection feeding every input edge, the weights are the same tensors.
+    graphs = [complete_graph(8), residual_graph(8, 2), random_graph(8, 0.3, seed=2),
+              GraphSpec(8, tuple((i, i + 1) for i in range(7)))]
+    shapes = [_weights_without_alpha(DAGStage(g, 4, 8, stride=2, input_path='projection')) for g in graphs]
+    assert all(s == shapes[0] for s in shapes[1:])
+    # the node1 wiring differs by graph: the chain has no projection
+    assert _weights_without_alpha(DAGStage(graphs[0], 4, 8, stride=2)) != _weights_without_alpha(
+        DAGStage(graphs[3], 4, 8, stride=2))
+
+
+@pytest.mark.parametrize('source, target', [('node1', 'projection'), ('projection', 'node1')])
+def test_weights_of_the_other_input_path_are_refused(source, target):
+    from backbones.errors import InputError
+    weights = DAGStage(complete_graph(6), 4, 8, stride=2, input_path=source).state_dict()
+    stage = DAGStage(complete_graph(6), 4, 8, stride=2, input_path=target)
+    with pytest.raises(InputError, match=f"input_path='{source}'.*rebuild the model with input_path='{source}'"):
+        stage.load_state_dict(weights)
+    # a stage that keeps its shape is the same network in both modes
+    same = DAGStage(complete_graph(6), 8, 8, input_path=source).state_dict()
+    DAGStage(complete_graph(6), 8, 8, input_path=target).load_state_dict(same)
 
 
 def test_alpha_matrix_layout():
@@ -99,8 +144,9 @@ def test_alpha_matrix_layout():
     assert torch.count_nonzero(torch.triu(mat)) == 0
 
 
-def test_torchscript_matches_eager():
-    stage = DAGStage(random_graph(9, 0.5, seed=4), 4, 8, stride=2).eval()
+@pytest.mark.parametrize('input_path', INPUT_PATHS)
+def test_torchscript_matches_eager(input_path):
+    stage = DAGStage(random_graph(9, 0.5, seed=4), 4, 8, stride=2, input_path=input_path).eval()
     scripted = torch.jit.script(stage)
     x = torch.randn(2, 4, 16, 16)
     torch.testing.assert_close(scripted(x), stage(x))
@@ -113,11 +159,15 @@ def test_bad_arguments():
         DAGStage(complete_graph(4), 4, 4, node_op='conv5x5')
     with pytest.raises(ValueError, match='stride must be an int >= 1, got 0'):
         DAGStage(complete_graph(4), 4, 4, stride=0)
+    with pytest.raises(ValueError, match="unknown input_path 'node2'"):
+        DAGStage(complete_graph(4), 4, 4, input_path='node2')
 
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_gradients_match_the_reference(memory_format):
-    stage = DAGStage(random_graph(12, 0.6, seed=3), 6, 12, stride=2).to(memory_format=memory_format)
+@pytest.mark.parametrize('input_path', INPUT_PATHS)
+def test_gradients_match_the_reference(memory_format, input_path):
+    stage = DAGStage(random_graph(12, 0.6, seed=3), 6, 12, stride=2, input_path=input_path)
+    stage = stage.to(memory_format=memory_format)
     with torch.no_grad():
         stage.edge_weights.uniform_(-1.5, 1.5)
     x = torch.randn(2, 6, 16, 16).to(memory_format=memory_format).requires_grad_(True)
@@ -146,9 +196,10 @@ def _outputs_and_grads(stage, x, aggregation):
 @pytest.mark.parametrize('graph', [complete_graph(9), residual_graph(9, 2), random_graph(10, 0.5, seed=1)])
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize('alpha_trainable', [True, False])
-def test_stacked_aggregation_equals_weighted_sum(graph, memory_format, alpha_trainable):
+@pytest.mark.parametrize('input_path', INPUT_PATHS)
+def test_stacked_aggregation_equals_weighted_sum(graph, memory_format, alpha_trainable, input_path):
     # float64 so that the two summation orders agree to rounding; outputs and every gradient.
-    stage = DAGStage(graph, 6, 10, stride=2, alpha_trainable=alpha_trainable).double()
+    stage = DAGStage(graph, 6, 10, stride=2, alpha_trainable=alpha_trainable, input_path=input_path).double()
     stage = stage.to(memory_format=memory_format)
     with torch.no_grad():
         stage.edge_weights.uniform_(-1.5, 1.5)
@@ -167,11 +218,12 @@ def test_stacked_aggregation_equals_weighted_sum(graph, memory_format, alpha_tra
         torch.testing.assert_close(stage(x), reference_forward(stage, x), rtol=1e-10, atol=1e-10)
 
 
-def test_stacked_aggregation_saves_no_node_outputs_for_backward():
+@pytest.mark.parametrize('input_path', INPUT_PATHS)
+def test_stacked_aggregation_saves_no_node_outputs_for_backward(input_path):
     # Memory: 'weighted_sum' saves every aggregated input for its alpha gradients (one
     # node-output-sized tensor per edge); 'stacked' reads them from its buffer instead.
     graph = complete_graph(8)
-    stage = DAGStage(graph, 4, 8, stride=2)
+    stage = DAGStage(graph, 4, 8, stride=2, input_path=input_path)
     x = torch.randn(2, 4, 16, 16, requires_grad=True)
 
     def node_sized_saves(aggregation):
@@ -181,7 +233,8 @@ def test_stacked_aggregation_saves_no_node_outputs_for_backward():
             stage(x)
         return sum(1 for t in saved if t.shape == (2, 8, 8, 8))
 
-    aggregated_edges = graph.num_edges - 1  # every edge except stage input -> node 1
+    # every edge at the new shape: all but stage input -> node 1 in 'node1' mode, all with the projection
+    aggregated_edges = graph.num_edges - (input_path == 'node1')
     assert node_sized_saves('stacked') <= node_sized_saves('weighted_sum') - aggregated_edges
 
 
@@ -204,7 +257,8 @@ def test_stacked_aggregation_under_cpu_autocast():
     assert x.grad is not None
 
 
-def test_stacked_backward_pulls_node_gradients_and_takes_alpha_gradient_in_one_gemm():
+@pytest.mark.parametrize('input_path', INPUT_PATHS)
+def test_stacked_backward_pulls_node_gradients_and_takes_alpha_gradient_in_one_gemm(input_path):
     # The stacked backward writes each node input's gradient once, pulls every node output's
     # gradient with one matrix-vector product, and forms all alpha gradients with one GEMM:
     # no per-edge kernels and no read-modify-write accumulation into a gradient buffer.
@@ -221,7 +275,7 @@ def test_stacked_backward_pulls_node_gradients_and_takes_alpha_gradient_in_one_g
             return func(*args, **(kwargs or {}))
 
     graph = complete_graph(10)
-    stage = DAGStage(graph, 4, 8, stride=2, aggregation='stacked')
+    stage = DAGStage(graph, 4, 8, stride=2, aggregation='stacked', input_path=input_path)
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     out = stage(x)
     with CountOps() as ops:
@@ -234,11 +288,12 @@ def test_stacked_backward_pulls_node_gradients_and_takes_alpha_gradient_in_one_g
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA (the Triton row sum)')
-def test_stacked_aggregation_on_cuda():
+@pytest.mark.parametrize('input_path', INPUT_PATHS)
+def test_stacked_aggregation_on_cuda(input_path):
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model('toponet_complete', num_classes=10).cuda().double()
+    model = timm.create_model('toponet_complete', num_classes=10, input_path=input_path).cuda().double()
     model = model.to(memory_format=torch.channels_last)
     with torch.no_grad():
         for stage in model.stages:

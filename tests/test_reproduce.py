@@ -1,157 +1,247 @@
-"""The reproduction study (classification/study.py, tools/reproduce.py)."""
+"""The reproduction study (classification/study.py, study_stats.py, tools/reproduce.py) and
+recipe selection on the validation split (classification/recipe_search.py)."""
 import json
-import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import timm
 
 import backbones  # noqa: F401
-from classification.study import (PAPER_CLAIMS, VARIANTS, StudySettings, build_run_config, evaluate_claims,
-                                  rank_correlation, report_markdown, select_variants, summarize)
+from backbones.complexity import count_parameters
+from classification.study import (ARMS, CONTRASTS, PRIMARY_ARMS, SECONDARY_CLAIMS, StudySettings, analyze, arm,
+                                  build_run_config, choose_lambda, plan_seeds, report_markdown)
+from classification.study_stats import holm, paired_power, paired_test, pilot_sd, seeds_needed, tost_paired
 from helpers.tiny_data import make_fmnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_variants_are_the_rows_of_tables_4_and_7():
-    table4 = [v.name for v in select_variants(tables=['4'])]
-    table7 = [v.name for v in select_variants(tables=['7'])]
-    assert table4 == ['random_p08', 'random_p06', 'random_p04', 'residual_l4', 'residual_l3', 'residual_l2',
-                      'complete', 'complete_alpha', 'complete_alpha_uniform', 'complete_alpha_adaptive']
-    assert table7 == ['complete_alpha_adaptive', 'er', 'ba', 'ws']
-    ablation = select_variants(tables=['L'])
-    assert [v.name for v in ablation] == ['complete_alpha', 'complete_alpha_uniform', 'complete_alpha_adaptive',
-                                          'complete_alpha_adaptive_lam10']
-    assert ablation[-1].lam_scale == 10.0 and ablation[-1].paper_top1 is None
-    by_name = {v.name: v for v in VARIANTS}
-    # the paper's numbers, as printed in Tables 4 and 7
-    assert by_name['complete_alpha_adaptive'].paper_top1 == (78.60, 0.06)
-    assert by_name['complete'].paper_top1 == (77.24, 0.12)
-    assert by_name['ws'].paper_top1 == (78.19, 0.25)
-    assert by_name['residual_l4'].paper_edges == (19, 36, 46, 19)
-    # fixed topologies keep alpha at 1 without sparsity; only the complete graphs learn alpha
-    learned = {v.name: (v.alpha_trainable, v.sparsity) for v in VARIANTS if v.alpha_trainable}
-    assert learned == {'complete_alpha': (True, 'none'), 'complete_alpha_uniform': (True, 'uniform'),
-                       'complete_alpha_adaptive': (True, 'adaptive'),
-                       'complete_alpha_adaptive_lam10': (True, 'adaptive')}
-    for v in VARIANTS:  # every variant builds
-        assert v.model in timm.list_models('toponet_fmnist_*')
-    lam10 = build_run_config(by_name['complete_alpha_adaptive_lam10'], 0, StudySettings(lam=3e-4))
-    assert lam10.optim_wrapper.sparsity == dict(mode='adaptive', lam=pytest.approx(3e-3))
+def _params(name):
+    a = arm(name)
+    return count_parameters(timm.create_model(a.model, num_classes=10, in_chans=1, alpha_trainable=a.alpha_trainable))
 
 
-def test_select_variants_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"unknown study variants \['resnet50'\]"):
-        select_variants(['resnet50'])
-    with pytest.raises(ValueError, match="unknown tables"):
-        select_variants(tables=['5'])
+def test_primary_arms_have_parameter_parity():
+    counts = {name: _params(name) for name in PRIMARY_ARMS}
+    assert max(counts.values()) / min(counts.values()) - 1 < 0.005, counts
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(iters=0), 'iters must be a positive int'),
-    (dict(warmup_iters=1500), r'warmup_iters must be in \[0, iters=1500\)'),
-    (dict(seeds=(0, 0)), 'seeds must be distinct'),
-    (dict(lam=-1.0), 'lam >= 0'),
-    (dict(train_samples=70000), r'train_samples must be in \[1, 60000\]'),
-])
-def test_settings_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        StudySettings(**kwargs)
+def test_every_arm_of_the_study_has_parameter_parity():
+    """Random, BA and WS wirings included: a stage's operations must not depend on its graph."""
+    counts = {a.name: _params(a.name) for a in ARMS}
+    assert max(counts.values()) / min(counts.values()) - 1 < 0.005, counts
 
 
-def test_run_config_of_each_kind_of_variant():
-    settings = StudySettings(iters=600, warmup_iters=60, lam=2e-4, train_samples=1000)
-    by_name = {v.name: v for v in VARIANTS}
-    cfg = build_run_config(by_name['complete_alpha_adaptive'], 2, settings)
-    assert cfg.model.backbone.name == 'toponet_fmnist_complete'
-    assert cfg.model.backbone.alpha_trainable is True and cfg.model.backbone.seed == 2
-    assert cfg.randomness.seed == 2
-    assert cfg.optim_wrapper.sparsity == dict(mode='adaptive', lam=2e-4)
-    assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=600, val_interval=600)
-    warmup, cosine = cfg.param_scheduler
-    assert (warmup.end, cosine.begin, cosine.end, cosine.T_max) == (60, 60, 600, 540)
-    train_indices = cfg.train_dataloader.dataset.indices
-    assert len(train_indices) == 1000 and train_indices == sorted(set(train_indices))
-    assert cfg.val_dataloader.dataset.indices is None  # all 10k test images
-
-    fixed = build_run_config(by_name['random_p04'], 1, settings)
-    assert fixed.model.backbone.name == 'toponet_fmnist_random_p04'
-    assert fixed.model.backbone.alpha_trainable is False
-    assert fixed.optim_wrapper.sparsity == dict(mode='none', lam=0.0)
-    # every run trains on the same subset, whatever its seed
-    assert fixed.train_dataloader.dataset.indices == train_indices
+def test_design_is_the_preregistered_one():
+    assert PRIMARY_ARMS == ('complete_fixed', 'complete_alpha', 'complete_adaptive', 'residual_l2')
+    assert [(c.better, c.worse, c.paper_effect) for c in CONTRASTS] == [
+        ('complete_alpha', 'complete_fixed', 0.98), ('complete_adaptive', 'complete_alpha', 0.38),
+        ('complete_adaptive', 'residual_l2', 0.34)]
+    # the paper's effects are differences of its Table 4/7 means
+    for c in CONTRASTS + SECONDARY_CLAIMS:
+        better, worse = arm(c.better).paper_top1[0], arm(c.worse).paper_top1[0]
+        assert c.paper_effect == pytest.approx(better - worse, abs=1e-9), c.name
+    learned = {a.name for a in ARMS if a.alpha_trainable}
+    assert learned == {'complete_alpha', 'complete_adaptive', 'complete_uniform', 'complete_adaptive_lam10'}
+    for a in ARMS:
+        assert a.model in timm.list_models('toponet_fmnist_*')
 
 
-def _results(values):
-    return [dict(variant=name, seed=seed, top1=top1, edges=[28, 45, 66, 28], alpha_mean_abs=0.4, alpha_below_0_1=0.25,
-                 alpha_near_zero=0.05) for name, runs in values.items() for seed, top1 in enumerate(runs)]
+# -- statistics: known results -----------------------------------------------------------
+
+SLEEP_DRUG1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+SLEEP_DRUG2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
 
 
-def test_summary_claims_and_rank_correlation():
-    rows = summarize(_results({
-        'complete': [88.0, 88.2, 88.1],
-        'complete_alpha': [89.0, 89.1, 89.2],
-        'complete_alpha_uniform': [89.1, 88.9, 89.0],
-        'complete_alpha_adaptive': [88.0, 88.1, 87.9],
-    }))
-    assert [r['variant'] for r in rows] == ['complete', 'complete_alpha', 'complete_alpha_uniform',
-                                            'complete_alpha_adaptive']
-    complete = rows[0]
-    assert complete['mean'] == pytest.approx(88.1) and complete['std'] == pytest.approx(0.1)  # ddof=1
-    assert complete['alpha_near_zero'] is None and rows[1]['alpha_near_zero'] == pytest.approx(0.05)
-    assert complete['lam'] == 0.0 and rows[3]['lam'] == StudySettings().lam
-    verdicts = {c['claim'].split(' (')[0]: c for c in evaluate_claims(rows)}
-    helps = verdicts['learning alpha on the complete graph helps']
-    assert helps['diff'] == pytest.approx(1.0) and helps['verdict'] == 'agrees'
-    assert helps['paper_diff'] == pytest.approx(78.22 - 77.24)
-    assert verdicts['uniform sparsity helps over alpha alone']['verdict'] == 'inconclusive'
-    assert verdicts['adaptive sparsity beats uniform']['verdict'] == 'contradicts'
-    # claims about variants that were not run are left out
-    assert len(verdicts) == 3 and len(PAPER_CLAIMS) == 8
-
-    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert rank_correlation([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
+def test_paired_t_test_reproduces_students_sleep_data():
+    """R: t.test(extra ~ group, data = sleep, paired = TRUE): t = 4.0621, df = 9,
+    p-value = 0.002833, 95% CI 0.7001142 2.4598858, mean difference 1.58."""
+    r = paired_test(SLEEP_DRUG2, SLEEP_DRUG1, paper_effect=3.0)
+    assert r['t'] == pytest.approx(4.0621, abs=1e-4) and r['df'] == 9
+    assert r['p'] == pytest.approx(0.002833, abs=1e-6)
+    assert (r['ci_low'], r['ci_high']) == (pytest.approx(0.7001142, abs=1e-6), pytest.approx(2.4598858, abs=1e-6))
+    assert r['mean_diff'] == pytest.approx(1.58)
+    # one-sided "at least 3.0": t = (1.58 - 3) / se, lower tail of t(9)
+    from scipy import stats
+    assert r['p_below_paper'] == pytest.approx(stats.t.cdf((1.58 - 3.0) / r['se'], 9))
     with pytest.raises(ValueError, match='equally long'):
-        rank_correlation([1, 2], [1])
+        paired_test([1, 2, 3], [1, 2])
 
-    report = report_markdown(rows, evaluate_claims(rows), StudySettings(), 'python tools/reproduce.py')
-    assert '| Complete, alpha | {28,45,66,28} | {91,190,325,91} | 89.10 ± 0.10 |' in report
-    assert '| learning alpha on the complete graph helps (Table 4, iii: +0.98) | +1.00 ± 0.08 | +0.98 | agrees |' \
-        in report
-    assert '| Complete, alpha, adaptive sparse (our method) | 0.0005 | 88.00 ± 0.10 | 88.00, 88.10, 87.90 | 0.400 ' \
-        '| 25.0% | 5.0% |' in report
 
+def test_tost_is_dual_to_the_90_percent_interval():
+    ci = tost_paired(SLEEP_DRUG2, SLEEP_DRUG1, margin=10.0)
+    edge = max(abs(ci['ci90_low']), abs(ci['ci90_high']))  # the interval just fits at this margin
+    assert tost_paired(SLEEP_DRUG2, SLEEP_DRUG1, margin=edge)['p'] == pytest.approx(0.05, abs=1e-9)
+    assert tost_paired(SLEEP_DRUG2, SLEEP_DRUG1, margin=edge * 1.01)['p'] < 0.05
+    assert tost_paired(SLEEP_DRUG2, SLEEP_DRUG1, margin=edge * 0.99)['p'] > 0.05
+    # a mean difference of 1.58 is not equivalent to zero within 0.3
+    assert tost_paired(SLEEP_DRUG2, SLEEP_DRUG1, margin=0.3)['p'] > 0.5
+
+
+def test_holm_and_power_match_known_values():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.005, 0.5]) == pytest.approx([0.01, 0.5])
+    # G*Power, "Means: difference from constant (one sample case)", d = 1, alpha 0.05 two-sided:
+    # n = 10 gives power 0.8031; the smallest n for power 0.8 is 10
+    assert paired_power(10, 1.0, 1.0, 0.05) == pytest.approx(0.8031, abs=5e-4)
+    assert seeds_needed(1.0, 1.0, 0.05, 0.8) == 10
+    assert seeds_needed(1.0, 1.0, 0.05, 0.8, n_max=9) is None
+    assert pilot_sd([[1.0, 3.0], [0.0, 0.0, 3.0]]) == pytest.approx(np.sqrt((2 + 6) / 3))
+
+
+def test_power_is_finite_and_monotone_at_large_noncentrality():
+    # a precise pilot (SD 0.186 points, as this study's) puts the noncentrality where scipy's
+    # nct.cdf returns NaN; the plan's power must stay a number in [0, 1] that grows with n
+    level = 0.05 / 3
+    powers = [paired_power(n, sd, 0.5, level) for sd in (0.02, 0.05, 0.186, 1.0) for n in range(2, 40)]
+    assert all(np.isfinite(p) and 0.0 <= p <= 1.0 for p in powers)
+    small_sd = [paired_power(n, 0.186, 0.5, level) for n in range(2, 40)]
+    assert all(b >= a - 1e-12 for a, b in zip(small_sd, small_sd[1:]))
+    assert paired_power(8, 0.186, 0.5, level) == pytest.approx(0.9997, abs=1e-4)
+    assert seeds_needed(0.186, 0.5, level, 0.8) == 5
+
+
+# -- design decisions ------------------------------------------------------------------
+
+def _record(name, seed, val=None, test=None, spread=0.2, params=1000):
+    r = dict(arm=name, seed=seed, lam=0.0, folder=f'runs/{name}/seed{seed}', val_top1=val if val is not None else 0.0,
+             params=params, params_without_alpha=params - 10, edges=[3, 3], spread_median=spread)
+    if test is not None:
+        r['test_top1'] = test
+    return r
+
+
+def test_choose_lambda_takes_the_best_validation_mean():
+    runs = [dict(lam=1e-4, seed=100, val_top1=90.0), dict(lam=1e-4, seed=101, val_top1=91.0),
+            dict(lam=5e-4, seed=100, val_top1=91.0), dict(lam=5e-4, seed=101, val_top1=90.0),
+            dict(lam=2e-3, seed=100, val_top1=89.0), dict(lam=2e-3, seed=101, val_top1=89.5)]
+    chosen = choose_lambda(runs)
+    assert chosen['lam'] == 1e-4  # tie of 90.5 with 5e-4: the smaller lambda
+    assert chosen['val_means'] == {'0.0001': 90.5, '0.0005': 90.5, '0.002': 89.25} and chosen['seeds'] == [100, 101]
+
+
+def test_plan_seeds_sizes_the_study_from_the_pilot():
+    settings = StudySettings(min_seeds=2, max_seeds=40)
+    # contrast differences per seed: alpha-fixed (+1, +1.6), adaptive-alpha (0, +0.6), adaptive-residual (+0.2, +0.8)
+    val = {'complete_fixed': [90.0, 90.0], 'complete_alpha': [91.0, 91.6], 'complete_adaptive': [91.0, 92.2],
+           'residual_l2': [90.8, 91.4]}
+    pilot = [_record(name, s, val=v) for name, vs in val.items() for s, v in enumerate(vs)]
+    plan = plan_seeds(pilot, settings)
+    # each contrast's two differences are 0.6 apart: variance 0.18 each, pooled over 3 x 1 df
+    assert plan['pilot_sd'] == pytest.approx(np.sqrt(0.18))
+    assert plan['level'] == pytest.approx(0.05 / 3)
+    assert plan['n_seeds'] == seeds_needed(np.sqrt(0.18), 0.5, 0.05 / 3, 0.8)
+    assert plan['planned_power'] >= 0.8
+    capped = plan_seeds(pilot, StudySettings(min_seeds=2, max_seeds=3))
+    assert capped['n_seeds'] == 3 and capped['planned_power'] < 0.8  # the budget binds: the power says so
+    floor = plan_seeds(pilot, StudySettings(min_seeds=8, max_seeds=12))
+    assert floor['n_seeds'] == max(8, plan['n_seeds'])
+
+
+def test_analysis_gives_estimation_verdicts():
+    rng = np.random.default_rng(0)
+    n = 10
+    fixed = 89.0 + rng.normal(0, 0.4, n)  # per-seed level shared by every arm (common random numbers)
+    scores = {
+        'complete_fixed': fixed,
+        'complete_alpha': fixed + 1.0 + rng.normal(0, 0.05, n),  # a clear gain, about the paper's +0.98
+        'complete_adaptive': fixed + 1.0 + rng.normal(0, 0.05, n),  # no gain over alpha: equivalence
+        'residual_l2': fixed + 1.0 + rng.normal(0, 0.9, n),  # too noisy to say
+    }
+    results = [_record(name, s, val=v, test=v, spread=0.05 if name == 'complete_alpha' else 0.3)
+               for name, vs in scores.items() for s, v in enumerate(vs)]
+    analysis = analyze(results, StudySettings())
+    by_name = {c['name']: c for c in analysis['contrasts']}
+    assert by_name['alpha_vs_fixed']['p_holm'] < 0.05
+    assert by_name['alpha_vs_fixed']['verdict'].startswith("supports the paper's direction")
+    equal = by_name['adaptive_vs_alpha']
+    assert equal['p_holm'] >= equal['p'] and equal['tost_p_holm'] < 0.05
+    assert equal['verdict'].startswith('no effect: equivalent within +/-0.3 points (TOST)')
+    assert "the data exclude an effect as large as the paper's (+0.38)" in equal['verdict']
+    assert by_name['adaptive_vs_residual']['verdict'].startswith('not shown')
+    assert by_name['adaptive_vs_residual']['power_at_effect'] < 0.8  # noisy: low power, and the report says so
+    spread = {m['arm']: m['learned_topology'] for m in analysis['manipulation']}
+    assert spread == {'complete_alpha': False, 'complete_adaptive': True}
+    report = report_markdown(analysis, StudySettings(), 'python tools/reproduce.py')
+    assert '| complete_alpha | 5.0% |' in report and '| no |' in report
+    assert 'Learning alpha on the complete graph helps (Table 4, iii) | 10 |' in report
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match='selection seeds overlap'):
+        StudySettings(select_seeds=(0, 1))
+    with pytest.raises(ValueError, match='pilot seeds must be the first study seeds'):
+        StudySettings(pilot_seeds=(3, 4))
+    with pytest.raises(ValueError, match=r'warmup_iters must be in \[0, iters=100\)'):
+        StudySettings(iters=100, warmup_iters=100)
+    with pytest.raises(ValueError, match='lambda grid'):
+        StudySettings(lam_grid=(0.0,))
+
+
+def test_run_config_holds_out_validation_and_scales_lambda():
+    settings = StudySettings(iters=600, warmup_iters=60)
+    cfg = build_run_config(arm('complete_adaptive_lam10'), 3, 2e-4, settings)
+    assert cfg.optim_wrapper.sparsity == dict(mode='adaptive', lam=pytest.approx(2e-3))
+    assert cfg.model.backbone.seed == 3 and cfg.randomness.seed == 3
+    train, val, test = (cfg[k].dataset for k in ('train_dataloader', 'val_dataloader', 'test_dataloader'))
+    assert (train.split, val.split, test.split) == ('train', 'val', 'test')
+    assert train.holdout == val.holdout == 5000
+    assert cfg.train_cfg == dict(type='IterBasedTrainLoop', max_iters=600, val_interval=600)
+    fixed = build_run_config(arm('residual_l2'), 1, 2e-4, settings)
+    assert fixed.optim_wrapper.sparsity == dict(mode='none', lam=0.0)
+    assert fixed.model.backbone.alpha_trainable is False
+
+
+# -- end to end ----------------------------------------------------------------------
 
 def _reproduce(out_dir, data, *extra):
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'reproduce.py'), '--out-dir', str(out_dir), '--data-root',
-           str(data), '--variants', 'complete_alpha', 'complete_alpha_adaptive', '--seeds', '0', '1', '--iters', '4',
-           '--warmup-iters', '1', *extra]
+           str(data), '--holdout', '100', '--iters', '3', '--warmup-iters', '1', '--min-seeds', '2', '--max-seeds', '2',
+           '--lam-grid', '1e-3', '--permutations', '19', *extra]
     env = dict(os.environ, PYTHONWARNINGS='ignore')
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env, cwd=ROOT)
 
 
 def test_reproduce_command_end_to_end(tmp_path):
-    data = make_fmnist(str(tmp_path / 'fmnist'), n_train=128, n_test=60)
+    data = make_fmnist(str(tmp_path / 'fmnist'), n_train=300, n_test=40)
     out = tmp_path / 'study'
     first = _reproduce(out, data)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     results = json.loads((out / 'results.json').read_text())
-    assert len(results['runs']) == 4 and {r['variant'] for r in results['runs']} == {'complete_alpha',
-                                                                                     'complete_alpha_adaptive'}
-    assert all(r['iter'] == 4 and 0 <= r['top1'] <= 100 for r in results['runs'])
+    runs = results['runs']
+    assert sorted((r['arm'], r['seed']) for r in runs) == sorted((a, s) for a in PRIMARY_ARMS for s in (0, 1))
+    for r in runs:
+        assert r['iter'] == 3 and 0 <= r['val_top1'] <= 100 and 0 <= r['test_top1'] <= 100
+        assert r['params'] > 0 and r['cpu_s'] > 0 and 'spread_median' in r
+    assert results['selection']['lam'] == 1e-3 and results['seed_plan']['n_seeds'] == 2
+    assert [c['name'] for c in results['analysis']['contrasts']] == [c.name for c in CONTRASTS]
+    # the test split was scored once per study run, never for the selection runs
+    assert len(list(out.glob('runs/*/seed*/test.json'))) == 8 and not list(out.glob('select/**/test.json'))
     report = (out / 'report.md').read_text()
-    assert 'Complete, alpha, adaptive sparse (our method)' in report and '--iters 4' in report
-    for png in ('accuracy.png', 'analysis/topology/alpha_hist.png', 'analysis/similarity/similarity.png',
-                'analysis/damage/node_damage.png', 'analysis/snapshots/snapshot_accuracy.png'):
+    assert 'Pre-registered contrasts' in report and 'Manipulation check' in report
+    for png in ('accuracy.png', 'contrasts.png', 'alpha_spread.png', 'alpha_hist.png', 'adjacency.png'):
         assert (out / png).read_bytes()[:4] == b'\x89PNG', png
-    # a second call trains nothing and redoes no analysis
+    assert json.loads(first.stdout.strip().splitlines()[-1])['seeds'] == 2
+    # a second call trains and scores nothing
     second = _reproduce(out, data)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count('already done') == 4 + 4  # 4 runs, 4 analyses
+    assert 'select: 2 of 2 runs already done' in second.stdout and 'test: 8 of 8 runs already done' in second.stdout
     # the same folder with other settings is refused, naming the folder
-    third = _reproduce(out, data, '--lam', '0.01', '--skip-analysis')
-    assert third.returncode != 0 and 'holds a run with other settings' in third.stderr
+    third = _reproduce(out, data, '--lr', '0.05')
+    assert third.returncode == 2 and 'holds a run with other settings' in third.stderr
+
+
+def test_select_recipe_refuses_a_config_that_validates_on_test(tmp_path):
+    from mmengine.config import Config
+    from classification.recipe_search import check_validation_split, parse_grid
+    cfg = Config.fromfile(os.path.join(ROOT, 'classification', 'configs', 'toponet_fmnist_adaptive.py'))
+    check_validation_split(cfg, 'demo')  # the demo validates on its hold-out: fine
+    cfg.val_dataloader.dataset = cfg.test_dataloader.dataset.copy()
+    with pytest.raises(ValueError, match='validates on its test data'):
+        check_validation_split(cfg, 'demo')
+    assert parse_grid(['optim_wrapper.optimizer.lr=0.05,0.1']) == {'optim_wrapper.optimizer.lr': [0.05, 0.1]}
+    with pytest.raises(ValueError, match='KEY=V1,V2'):
+        parse_grid(['lr'])

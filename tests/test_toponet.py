@@ -12,12 +12,67 @@ FMNIST = [n for n in model_cfgs if n.startswith('toponet_fmnist')]
 
 
 def test_c64_params_and_macs_match_paper():
+    # input_path 'projection' (the default): 23.90M (+2.9%) and 3.90 GMACs (-1.4%)
     model = timm.create_model('toponet_complete')
     params = count_parameters(model)
     macs = count_macs(model, (1, 3, 224, 224))
     assert abs(params / 23.23e6 - 1) <= 0.03, params
     assert abs(macs / 3.95e9 - 1) <= 0.05, macs
     assert [s.graph.num_edges for s in model.stages] == [91, 190, 325, 91]
+
+
+def _params_without_alpha(model):
+    return count_parameters(model) - sum(s.edge_weights.numel() for s in model.stages)
+
+
+@pytest.mark.parametrize('family', [IMAGENET, FMNIST], ids=['imagenet', 'fmnist'])
+def test_every_topology_has_the_same_weights(family):
+    # Parity for comparing topologies (the paper reports one count for all): the ops of a
+    # stage do not depend on its graph, so only the number of edge weights differs.
+    assert len(family) == 10
+    models = {name: timm.create_model(name) for name in family}
+    complete = models[family[0]]
+    assert family[0].endswith('_complete')
+    for name, model in models.items():
+        assert _params_without_alpha(model) == _params_without_alpha(complete), name
+        assert abs(count_parameters(model) / count_parameters(complete) - 1) <= 0.005, name
+        # and the same tensors, not only the same total
+        assert {k: v.shape for k, v in model.named_parameters() if not k.endswith('edge_weights')} == {
+            k: v.shape for k, v in complete.named_parameters() if not k.endswith('edge_weights')}, name
+
+
+def test_projection_wiring_grows_node_1_and_the_node1_wiring_follows_the_graph():
+    projection = timm.create_model('toponet_complete')
+    node1 = timm.create_model('toponet_complete', input_path='node1')
+    assert projection.cfg.input_path == 'projection' and node1.cfg.input_path == 'node1'
+    assert all(s.input_path == 'node1' for s in node1.stages)
+    # node 1 of a sep stage in -> out at stride s becomes out -> out: (out - in) * (9 + out) more weights
+    ins = (64, 128, 256, 512)
+    outs = (128, 256, 512, 1024)
+    grown = sum((o - i) * (9 + o) for i, o in zip(ins, outs))
+    assert count_parameters(projection) - count_parameters(node1) == grown == 704960
+    # the old wiring: BA's stage inputs feed node 1 alone in some stages, so they have no projection
+    ba = timm.create_model('toponet_ba', input_path='node1')
+    assert _params_without_alpha(ba) < _params_without_alpha(node1)
+
+
+def test_weights_of_the_other_input_path_are_refused_loudly(tmp_path):
+    from backbones.checkpoint import create_model_from_checkpoint, save_checkpoint
+    from backbones.errors import InputError
+    old = timm.create_model('toponet_fmnist_complete', input_path='node1').eval()
+    new = timm.create_model('toponet_fmnist_complete')
+    with pytest.raises(InputError, match="stages.0.nodes.0.*input_path='node1'"):
+        new.load_state_dict(old.state_dict())
+    # a checkpoint of the old wiring that does not say so does not load into the default one ...
+    path = str(tmp_path / 'node1.safetensors')
+    save_checkpoint(path, old, 'toponet_fmnist_complete', model_kwargs={'num_classes': 10})
+    with pytest.raises(ValueError, match='stages.0.nodes.0'):
+        create_model_from_checkpoint(path)
+    # ... and rebuilds exactly where its keyword arguments name the wiring
+    save_checkpoint(path, old, 'toponet_fmnist_complete', model_kwargs={'num_classes': 10, 'input_path': 'node1'})
+    again = create_model_from_checkpoint(path).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(again(x), old(x))
 
 
 def test_macs_count_convs_and_aggregation_exactly():
@@ -32,6 +87,21 @@ def test_macs_count_convs_and_aggregation_exactly():
     node2 = (8 * 9 + 8 * 8) * hw
     aggregation = 4 * 16 * 16 * 1 + 8 * hw * (2 + 3)
     assert count_macs(stage, (1, 4, 16, 16)) == 2 * node1 + node2 + aggregation
+    # input_path 'projection': the projection (4 -> 8, stride 2), then nodes 1 and 2 alike
+    # (8 -> 8); every edge, (0, 1) included, aggregates at the new shape: 1 + 2 + 3 terms
+    stage = DAGStage(complete_graph(4), 4, 8, stride=2, input_path='projection')
+    projection = (4 * 9 + 4 * 8) * hw
+    assert count_macs(stage, (1, 4, 16, 16)) == projection + 2 * node2 + 8 * hw * (1 + 2 + 3)
+
+
+@pytest.mark.parametrize('input_path', ['projection', 'node1'])
+def test_macs_do_not_depend_on_the_aggregation_formulation(input_path):
+    # the stacked sums run inside custom autograd functions; they are counted all the same
+    model = timm.create_model('toponet_fmnist_ba', input_path=input_path)
+    reference = count_macs(model, (1, 1, 28, 28))
+    model.set_aggregation('stacked')
+    assert count_macs(model, (1, 1, 28, 28)) == reference
+    assert all(stage.aggregation == 'stacked' for stage in model.stages)  # restored afterwards
 
 
 @pytest.mark.parametrize('name', IMAGENET)
@@ -122,8 +192,9 @@ def test_grad_checkpointing_same_gradients():
         torch.testing.assert_close(p.grad, plain[n], rtol=1e-4, atol=1e-6)
 
 
-def test_torchscript():
-    model = timm.create_model('toponet_fmnist_ws').eval()
+@pytest.mark.parametrize('input_path', ['projection', 'node1'])
+def test_torchscript(input_path):
+    model = timm.create_model('toponet_fmnist_ws', input_path=input_path).eval()
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(torch.jit.script(model)(x), model(x))
 
@@ -149,6 +220,7 @@ def test_weights_of_another_topology_are_refused():
     (dict(nodes=(2, 20), stage_chs=(8, 16), stage_strides=(2, 2)), 'nodes entries must be ints >= 3'),
     (dict(nodes=(4, 4), stage_chs=(8, 16), stage_strides=(2, 2), node_op='mlp'), "unknown node op 'mlp'"),
     (dict(nodes=(4, 4), stage_chs=(8, 16), stage_strides=(2, 2), head_chs=-1), 'head_chs must be >= 0'),
+    (dict(nodes=(4, 4), stage_chs=(8, 16), stage_strides=(2, 2), input_path='raw'), "unknown input_path 'raw'"),
 ])
 def test_bad_cfg(kwargs, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):

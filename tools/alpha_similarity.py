@@ -2,28 +2,37 @@
 """How alike are the topologies of repeated runs? (paper appendix A.4, Figure 5)
 
     python tools/alpha_similarity.py run1/toponet_fmnist.safetensors run2/toponet_fmnist.safetensors run3/...
-    python tools/alpha_similarity.py "seed 0=a.json" "seed 1=b.json" --out-dir work_dirs/similarity
+    python tools/alpha_similarity.py "seed 0=a.json" "seed 1=b.json" --out-dir work_dirs/alpha_similarity/seeds
 
 Takes two or more checkpoints or topology exports of one architecture (``LABEL=PATH`` names
-a run; the default label is the run's folder). Writes to ``--out-dir``:
+a run; the default label is the run's folder). Writes to ``--out-dir`` (default
+``work_dirs/alpha_similarity``):
 
 * ``adjacency_runs.png``: the alpha matrices of every run, one row per run (Figure 5);
 * ``similarity.png``: per stage, the run-by-run cosine similarity of alpha;
 * ``similarity.json``: per stage, cosine similarity and Pearson correlation matrices and
   their means over distinct pairs.
+
+The last stdout line is one JSON object (output folder, mean cosine similarity per stage).
 """
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from backbones import cli  # noqa: E402
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description='Similarity of alpha across repeated runs (Figure 5).')
+
+def build_parser():
+    parser = cli.make_parser(__doc__)
     parser.add_argument('runs', nargs='+', help='checkpoints or topology exports, optionally LABEL=PATH')
-    parser.add_argument('--out-dir', default='work_dirs/similarity', help='output folder')
+    cli.add_out_dir(parser, default=cli.default_out_dir('alpha_similarity'), help='output folder')
+    return parser
+
+
+def run(argv) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if len(args.runs) < 2:
         parser.error(f'need at least two runs to compare, got {len(args.runs)}')
@@ -49,10 +58,16 @@ def main(argv=None) -> int:
     plot_similarity_matrices(similarity, names, os.path.join(args.out_dir, 'similarity.png'),
                              title='cosine similarity of alpha between runs')
     for stage in similarity:
-        print(f"stage {stage['stage'] + 1} ({stage['num_edges']} edges): mean cosine {stage['mean_cosine']:.4f}, "
-              f"mean Pearson {stage['mean_pearson']:.4f}")
-    print(f'wrote similarity.json, similarity.png and adjacency_runs.png to {args.out_dir}')
+        cli.rank0_print(f"stage {stage['stage'] + 1} ({stage['num_edges']} edges): mean cosine "
+                        f"{stage['mean_cosine']:.4f}, mean Pearson {stage['mean_pearson']:.4f}")
+    cli.rank0_print(f'wrote similarity.json, similarity.png and adjacency_runs.png to {args.out_dir}')
+    cli.print_result({'out_dir': os.path.abspath(args.out_dir), 'runs': names,
+                      'mean_cosine': [stage['mean_cosine'] for stage in similarity]})
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_main(run, argv)
 
 
 if __name__ == '__main__':

@@ -1,27 +1,24 @@
 #!/usr/bin/env python
-"""The reproduction study on Fashion-MNIST (paper Tables 4 and 7, Figures 3-6) in one command.
+"""The reproduction study on Fashion-MNIST (paper Table 4's central claims) in one command.
 
-    python tools/reproduce.py                       # the whole study (make reproduce): about 75 min on 2 CPU cores
-    python tools/reproduce.py --seeds 0 1 2         # 3 seeds: about 45 min
-    python tools/reproduce.py --tables 7 --seeds 0 1 2
-    python tools/reproduce.py --variants complete complete_alpha --iters 300 --out-dir work_dirs/quick
+    python tools/reproduce.py                                  # make reproduce: the whole design
+    python tools/reproduce.py --secondary er ba ws --secondary-seeds 4
+    python tools/reproduce.py --iters 300 --max-seeds 4 --min-seeds 2 --out-dir work_dirs/quick
 
-Trains every variant of Table 4 (random p=0.8/0.6/0.4, residual l=4/3/2, complete, complete
-+ alpha, + uniform sparsity, + adaptive sparsity), Table 7 (ER, BA, WS) and our sparsity
-ablation (adaptive at 10x lambda) for each seed,
-``--jobs`` runs at a time, then writes to ``--out-dir`` (default ``work_dirs/reproduce``):
+Stages, each skipped where its runs are already done (a killed run resumes):
 
-* ``results.json`` (every run and the per-variant summaries), ``report.md`` (our tables next
-  to the paper's, and the paper's claims tested at 2 standard errors), ``accuracy.png``;
-* ``analysis/``: for the adaptive-sparse model, Figure 3 (alpha histograms with vs without
-  sparsity, adjacency), Figure 4 (graph damage), Figure 5 (alpha similarity across seeds)
-  and Figure 6 (stand-alone accuracy of search snapshots), through the analysis tools. Graph
-  damage retrains for ``--iters``/15 iterations; the snapshot search runs ``--iters``/2
-  iterations, snapshots at 0, 1/4, 1/2 and all of them, and trains each for ``--iters``/5.
-
-Finished runs and analyses are skipped when called again; a killed run resumes.
+1. ``select``: the adaptive-sparse arm at every lambda of ``--lam-grid`` on the selection seeds,
+   scored on the validation split; the best mean validation top-1 fixes lambda.
+2. ``pilot``: the four primary arms at seeds 0 and 1; the paired validation differences of the
+   three pre-registered contrasts size the study (power for a ``--effect``-point paired
+   difference at Holm's strictest level), within ``--min-seeds``..``--max-seeds``. The plan is
+   written once (``seed_plan.json``) and kept on later calls.
+3. ``main``: the primary arms at every planned seed (the pilot's runs are the first ones).
+4. ``secondary``: the arms named by ``--secondary``, at ``--secondary-seeds`` seeds.
+5. ``test``: every finished run scored once on the 10k test images.
+6. analysis: ``report.md``, ``results.json`` and the PNGs in ``--out-dir``
+   (``classification/study.py``, ``classification/study_stats.py``).
 """
-import argparse
 import json
 import os
 import shlex
@@ -29,130 +26,165 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_analysis(out_dir, settings, results, threads):
-    """Figures 3-6 for the adaptive-sparse model, each skipped when its output exists."""
-    from classification.study import CHECKPOINT_NAME, run_tool
+def build_parser():
+    from backbones import cli
+    from classification.study import SECONDARY_ARMS, StudySettings
 
-    def ckpt(variant, seed):
-        return os.path.join(out_dir, 'runs', variant, f'seed{seed}', f'{CHECKPOINT_NAME}.safetensors')
-
-    seeds = sorted(r['seed'] for r in results if r['variant'] == 'complete_alpha_adaptive')
-    if not seeds:
-        print('analysis: skipped (no complete_alpha_adaptive run in this study)')
-        return
-    have = {(r['variant'], r['seed']) for r in results}
-    first = seeds[0]
-    base = os.path.join(out_dir, 'analysis')
-    os.makedirs(base, exist_ok=True)
-    log_path = os.path.join(base, 'analysis.log')
-    data = ['--data-root', settings.data_root]
-    if settings.train_samples:
-        data += ['--train-samples', settings.train_samples]
-    if settings.test_samples:
-        data += ['--eval-samples', settings.test_samples]
-    steps = []
-    compare = []
-    for variant, label in (('complete_alpha', 'w/o sparsity'), ('complete_alpha_uniform', 'uniform')):
-        if (variant, first) in have:
-            compare += ['--compare', f'{label}={ckpt(variant, first)}']
-    steps.append(('Figure 3: alpha histograms and adjacency', os.path.join(base, 'topology', 'summary.md'),
-                  'analyze_topology.py', [ckpt('complete_alpha_adaptive', first), '--label', 'adaptive', *compare,
-                                          '--out-dir', os.path.join(base, 'topology')]))
-    if len(seeds) > 1:
-        runs = [f'seed {s}={ckpt("complete_alpha_adaptive", s)}' for s in seeds]
-        steps.append(('Figure 5: alpha similarity across seeds', os.path.join(base, 'similarity', 'similarity.json'),
-                      'alpha_similarity.py', [*runs, '--out-dir', os.path.join(base, 'similarity')]))
-    steps.append(('Figure 4: graph damage', os.path.join(base, 'damage', 'damage_summary.md'),
-                  'graph_damage.py', [ckpt('complete_alpha_adaptive', first), *data,
-                                      '--retrain-iters', max(1, settings.iters // 15),
-                                      '--out-dir', os.path.join(base, 'damage')]))
-    search_iters = max(2, settings.iters // 2)
-    steps.append(('Figure 6: stand-alone accuracy of search snapshots',
-                  os.path.join(base, 'snapshots', 'snapshot_accuracy.json'), 'snapshot_eval.py',
-                  ['--search-iters', search_iters, '--snapshot-at', *sorted({0, search_iters // 4, search_iters // 2,
-                                                                             search_iters}),
-                   '--train-iters', max(1, settings.iters // 5), '--lam', settings.lam, '--sparsity', 'adaptive',
-                   '--lr', settings.lr, *data, '--out-dir', os.path.join(base, 'snapshots')]))
-    for title, output, tool, args in steps:
-        if os.path.isfile(output):
-            print(f'analysis: {title}: already done ({os.path.relpath(output, ROOT)})')
-            continue
-        start = time.time()
-        print(f'analysis: {title} ...', flush=True)
-        run_tool(tool, *args, threads=threads, log_path=log_path)
-        print(f'analysis: {title}: {time.time() - start:.0f} s', flush=True)
+    defaults = StudySettings()
+    parser = cli.make_parser('Reproduction study on Fashion-MNIST: pre-registered paired contrasts of the '
+                             'paper\'s Table 4 claims.')
+    parser.add_argument('--out-dir', default='work_dirs/reproduce', help='study folder (runs, report, figures)')
+    parser.add_argument('--secondary', nargs='*', default=[], metavar='ARM',
+                        help=f'secondary arms to run as well (labelled secondary): any of {list(SECONDARY_ARMS)}, '
+                             'or "all"')
+    parser.add_argument('--secondary-seeds', type=int, default=None,
+                        help='seeds per secondary arm (default: the planned number)')
+    parser.add_argument('--min-seeds', type=int, default=defaults.min_seeds, help='fewest seeds the plan may choose')
+    parser.add_argument('--max-seeds', type=int, default=defaults.max_seeds,
+                        help='most seeds the plan may choose (the time budget)')
+    parser.add_argument('--iters', type=int, default=defaults.iters, help='training iterations per run')
+    parser.add_argument('--batch-size', type=int, default=defaults.batch_size, help='training batch size')
+    parser.add_argument('--lr', type=float, default=defaults.lr, help='peak learning rate')
+    parser.add_argument('--warmup-iters', type=int, default=None, help='linear warm-up (default: a tenth of --iters)')
+    parser.add_argument('--lam-grid', type=float, nargs='+', default=list(defaults.lam_grid),
+                        help='sparsity lambdas tried on the validation split')
+    parser.add_argument('--select-seeds', type=int, nargs='+', default=list(defaults.select_seeds),
+                        help='seeds of the lambda selection (never used by the study runs)')
+    parser.add_argument('--effect', type=float, default=defaults.effect,
+                        help='paired difference (top-1 points) the study is sized to detect')
+    parser.add_argument('--power', type=float, default=defaults.power, help='target power for --effect')
+    parser.add_argument('--margin', type=float, default=defaults.margin, help='equivalence margin (top-1 points)')
+    parser.add_argument('--holdout', type=int, default=defaults.holdout,
+                        help='training images held out as the validation split (same number per class)')
+    parser.add_argument('--train-samples', type=int, default=None,
+                        help='train on a fixed subset of the training split (default: all of it)')
+    parser.add_argument('--eval-samples', type=int, default=None,
+                        help='score on fixed subsets of the validation and test splits (default: all)')
+    parser.add_argument('--data-root', default=defaults.data_root, help='Fashion-MNIST folder')
+    parser.add_argument('--jobs', type=int, default=2, help='runs in parallel')
+    parser.add_argument('--threads', type=int, default=1, help='CPU threads per run')
+    parser.add_argument('--permutations', type=int, default=999,
+                        help='resamples of the permutation test of topology agreement')
+    return parser
 
 
 def main(argv=None) -> int:
-    from classification.study import StudySettings, VARIANTS
-
-    defaults = StudySettings()
-    parser = argparse.ArgumentParser(description='Reproduction study of Tables 4 and 7 on Fashion-MNIST.')
-    parser.add_argument('--out-dir', default='work_dirs/reproduce', help='study folder (default work_dirs/reproduce)')
-    parser.add_argument('--variants', nargs='+', metavar='NAME', help=f'subset of {[v.name for v in VARIANTS]}')
-    parser.add_argument('--tables', nargs='+', choices=['4', '7', 'L'],
-                        help='only the variants of these tables (L: our sparsity-strength ablation)')
-    parser.add_argument('--seeds', type=int, nargs='+', default=list(defaults.seeds), help='default 0 1 2 3 4 (the paper ran 5)')
-    parser.add_argument('--iters', type=int, default=defaults.iters, help=f'per run (default {defaults.iters})')
-    parser.add_argument('--batch-size', type=int, default=defaults.batch_size)
-    parser.add_argument('--lr', type=float, default=defaults.lr)
-    parser.add_argument('--warmup-iters', type=int, help='default: a tenth of --iters')
-    parser.add_argument('--lam', type=float, default=defaults.lam, help=f'sparsity lambda (default {defaults.lam:g})')
-    parser.add_argument('--train-samples', type=int, help='train on a fixed subset (default all 60k)')
-    parser.add_argument('--test-samples', type=int, help='score on a fixed subset (default all 10k)')
-    parser.add_argument('--data-root', default=defaults.data_root, help='Fashion-MNIST folder')
-    parser.add_argument('--jobs', type=int, default=2, help='runs in parallel (default 2)')
-    parser.add_argument('--threads', type=int, default=1, help='threads per run (default 1)')
-    parser.add_argument('--skip-analysis', action='store_true', help='only the tables, not Figures 3-6')
+    parser = build_parser()
     args = parser.parse_args(argv)
 
+    from backbones.errors import InputError
     from backbones.io_utils import atomic_write_text
-    from classification.study import (evaluate_claims, plot_study, report_markdown, run_study, select_variants,
-                                      summarize)
+    from classification.study import (PRIMARY_ARMS, SECONDARY_ARMS, RunTask, StudySettings, analyze, arm,
+                                      choose_lambda, plan_seeds, plot_study, plot_topology, report_markdown,
+                                      run_tasks, topology_agreement)
 
     if not os.path.isdir(args.data_root):
         parser.error(f'Fashion-MNIST folder not found: {args.data_root} (run `make data`)')
+    secondary = list(SECONDARY_ARMS) if args.secondary == ['all'] else list(args.secondary)
     try:
-        settings = StudySettings(iters=args.iters, batch_size=args.batch_size, lr=args.lr, lam=args.lam,
-                                 warmup_iters=args.iters // 10 if args.warmup_iters is None else args.warmup_iters,
-                                 seeds=tuple(args.seeds), data_root=args.data_root, train_samples=args.train_samples,
-                                 test_samples=args.test_samples, threads=args.threads)
-        variants = select_variants(args.variants, args.tables)
-    except ValueError as err:
+        settings = StudySettings(
+            iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+            warmup_iters=args.iters // 10 if args.warmup_iters is None else args.warmup_iters,
+            holdout=args.holdout, lam_grid=tuple(args.lam_grid), select_seeds=tuple(args.select_seeds),
+            min_seeds=args.min_seeds, max_seeds=args.max_seeds, effect=args.effect, power=args.power,
+            margin=args.margin, data_root=args.data_root, train_samples=args.train_samples,
+            eval_samples=args.eval_samples, threads=args.threads)
+        secondary_arms = [arm(name) for name in secondary]
+        bad = [a.name for a in secondary_arms if a.role != 'secondary']
+        if bad:
+            raise InputError(f'{bad} are primary arms, run by every study', '--secondary', list(SECONDARY_ARMS))
+    except InputError as err:
         parser.error(str(err))
-    os.makedirs(args.out_dir, exist_ok=True)
+    out = args.out_dir
+    os.makedirs(out, exist_ok=True)
     command = 'python tools/reproduce.py' + ''.join(' ' + shlex.quote(a) for a in (argv if argv is not None
                                                                                      else sys.argv[1:]))
-    print(f'study: {len(variants)} variants x {len(settings.seeds)} seeds, {settings.iters} iterations each, '
-          f'{args.jobs} at a time -> {args.out_dir}', flush=True)
+    say = lambda line: print(line, flush=True)  # noqa: E731
     start = time.time()
+    run = lambda tasks, what, test=False: run_tasks(tasks, settings, out, what, jobs=args.jobs, log=say,  # noqa: E731
+                                                     test=test)
+
     try:
-        results = run_study(variants, settings, args.out_dir, jobs=args.jobs,
-                            log=lambda line: print(line, flush=True))
+        # 1. lambda on the validation split, with seeds of its own
+        adaptive = arm('complete_adaptive')
+        grid = [RunTask(adaptive, s, lam, f'select/lam{lam:g}/seed{s}', 'select')
+                for s in settings.select_seeds for lam in settings.lam_grid]
+        say(f'select: adaptive sparsity at lambda {", ".join(f"{v:g}" for v in settings.lam_grid)} x seeds '
+            f'{list(settings.select_seeds)}, scored on validation ({len(grid)} runs)')
+        selection_runs = run(grid, 'select')
+        selection = choose_lambda(selection_runs)
+        atomic_write_text(os.path.join(out, 'selection.json'), json.dumps(selection, indent=1, allow_nan=False))
+        lam = selection['lam']
+        say(f'select: lambda {lam:g} (validation top-1 by lambda: {selection["val_means"]})')
+
+        def tasks_for(arms, seeds, stage):
+            return [RunTask(a, s, lam, f'runs/{a.name}/seed{s}', stage) for s in seeds for a in arms]
+
+        # 2. pilot -> the number of seeds (planned once, then kept)
+        primary = [arm(n) for n in PRIMARY_ARMS]
+        pilot = run(tasks_for(primary, settings.pilot_seeds, 'pilot'), 'pilot')
+        plan_path = os.path.join(out, 'seed_plan.json')
+        if os.path.isfile(plan_path):
+            with open(plan_path) as f:
+                plan = json.load(f)
+            if not (isinstance(plan.get('n_seeds'), int) and plan['n_seeds'] >= 2
+                    and isinstance(plan.get('planned_power'), float) and 0 <= plan['planned_power'] <= 1):
+                raise InputError('malformed seed plan', plan_path,
+                                 'n_seeds >= 2 and planned_power in [0, 1] (delete the file to plan again from '
+                                 f'the pilot), got n_seeds={plan.get("n_seeds")!r}, '
+                                 f'planned_power={plan.get("planned_power")!r}')
+            say(f'pilot: keeping the plan in {plan_path}: {plan["n_seeds"]} seeds')
+        else:
+            plan = plan_seeds(pilot, settings)
+            atomic_write_text(plan_path, json.dumps(plan, indent=1, allow_nan=False))
+            say(f'pilot: SD of paired validation differences {plan["pilot_sd"]:.3f} points -> {plan["n_seeds"]} seeds '
+                f'(needed {plan["needed"]}, planned power {plan["planned_power"]:.2f})')
+        seeds = list(range(plan['n_seeds']))
+
+        # 3. main, 4. secondary
+        main_runs = run(tasks_for(primary, seeds, 'main'), 'main')
+        secondary_seeds = list(range(args.secondary_seeds if args.secondary_seeds else plan['n_seeds']))
+        secondary_runs = run(tasks_for(secondary_arms, secondary_seeds, 'secondary'), 'secondary') \
+            if secondary_arms else []
+
+        # 5. the test split, once per finished run
+        finished = tasks_for(primary, seeds, 'main') + tasks_for(secondary_arms, secondary_seeds, 'secondary')
+        tests = run(finished, 'test', test=True)
     except RuntimeError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    trained = [r['wall_s'] for r in results if not r['skipped']]
-    wall_minutes = (time.time() - start) / 60 if trained else None
-    rows = summarize(results, variants, settings)
-    claims = evaluate_claims(rows)
-    report = report_markdown(rows, claims, settings, command, wall_minutes)
-    atomic_write_text(os.path.join(args.out_dir, 'report.md'), report)
-    atomic_write_text(os.path.join(args.out_dir, 'results.json'), json.dumps(
-        dict(settings=dict(settings.run_key(), seeds=list(settings.seeds)), command=command,
-             runs=[{k: v for k, v in r.items() if k != 'skipped'} for r in results], summary=rows, claims=claims),
-        indent=2))
-    plot_study(rows, os.path.join(args.out_dir, 'accuracy.png'))
-    print(report)
-    if not args.skip_analysis:
-        run_analysis(args.out_dir, settings, results, threads=max(1, args.jobs * args.threads))
-    print(f'wrote {args.out_dir}/report.md, results.json, accuracy.png'
-          + ('' if args.skip_analysis else ' and analysis/'))
+    except InputError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    results = [dict({k: v for k, v in r.items() if k not in ('skipped', 'alpha')}, test_top1=t['test_top1'])
+               for r, t in zip(main_runs + secondary_runs, tests)]
+
+    # 6. analysis
+    say('analysis: paired tests, manipulation check, topology agreement ...')
+    topology = topology_agreement(results, out) if any(a.alpha_trainable for a in primary) else None
+    analysis = analyze(results, settings, seed_plan=plan, topology=topology)
+    cpu_minutes = sum(r.get('cpu_s', 0.0) for r in selection_runs + main_runs + secondary_runs + tests) / 60
+    report = report_markdown(analysis, settings, command, selection=selection,
+                             wall_minutes=(time.time() - start) / 60, cpu_minutes=cpu_minutes, jobs=args.jobs)
+    atomic_write_text(os.path.join(out, 'report.md'), report)
+    atomic_write_text(os.path.join(out, 'results.json'), json.dumps(
+        dict(command=command, settings=dict(settings.run_key(), lam_grid=list(settings.lam_grid),
+                                            select_seeds=list(settings.select_seeds), effect=settings.effect,
+                                            alpha=settings.alpha, power=settings.power, margin=settings.margin),
+             selection=selection, seed_plan=plan, runs=results, analysis=analysis), indent=1))
+    pictures = plot_study(analysis, results, out) + plot_topology(results, out)
+    for r in analysis['contrasts']:
+        say(f'{r["name"]}: {r["mean_diff"]:+.2f} points [{r["ci_low"]:+.2f}, {r["ci_high"]:+.2f}], '
+            f'p(Holm) {r["p_holm"]:.4f}, power {r["power_at_effect"]:.2f}: {r["verdict"]}')
+    say(f'wrote {out}/report.md, results.json and {", ".join(os.path.basename(p) for p in pictures)}')
+    print(json.dumps(dict(out_dir=out, lam=lam, seeds=plan['n_seeds'],
+                          contrasts={r['name']: dict(diff=r['mean_diff'], p_holm=r['p_holm'], verdict=r['verdict'])
+                                     for r in analysis['contrasts']})))
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from backbones.cli import run_main
+    sys.exit(run_main(main))

@@ -12,19 +12,26 @@ model = dict(
     channels_last=True,
     data_preprocessor=dict(type='ClsDataPreprocessor', mean=[0.2860], std=[0.3530]))
 
+# 5,000 training images (500 per class, a fixed draw) are held out as the validation split:
+# training and recipe choices see only them; the 10k test images are scored once, at the end.
+holdout = 5000
 train_dataloader = dict(
     batch_size=64, num_workers=0,
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
-    dataset=dict(type='FashionMNIST', root=data_root, split='train', transform='fmnist_train'))
+    dataset=dict(type='FashionMNIST', root=data_root, split='train', holdout=holdout, transform='fmnist_train'))
 val_dataloader = dict(
     batch_size=500, num_workers=0,
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='default_collate'),
+    dataset=dict(type='FashionMNIST', root=data_root, split='val', holdout=holdout))
+test_dataloader = dict(
+    batch_size=500, num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
     dataset=dict(type='FashionMNIST', root=data_root, split='test'))
-test_dataloader = val_dataloader
 val_evaluator = dict(topk=(1,))
-test_evaluator = val_evaluator
+test_evaluator = dict(topk=(1,))
 
 train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
 
