@@ -8,6 +8,11 @@ input, i.e. the activations, gradients and optimizer state one step adds.
 Times are medians over ``runs`` timed repetitions after ``warmup`` untimed ones; CUDA work
 is synchronised before every clock read. Results are reported as ratios of a candidate to
 its reference, measured in the same invocation on the same machine.
+
+``runtime='onnxruntime'`` measures the network's ONNX export in onnxruntime's CPU provider
+instead (``backbones.export.export_onnx`` for our networks: the inference form, checked
+against PyTorch before it is timed; ``torch.onnx.export`` for any other timm model), and
+``profile_ops`` then lists onnxruntime's node types by time.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 __all__ = ['BenchSpec', 'BenchResult', 'machine_info', 'run_in_subprocess', 'measure', 'compare', 'profile_ops',
-           'profile_in_subprocess']
+           'profile_in_subprocess', 'RUNTIMES']
+
+RUNTIMES = ('torch', 'onnxruntime')
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,13 @@ class BenchSpec:
         model_kwargs (dict): Extra ``timm.create_model`` arguments.
         grad_checkpointing (bool): Recompute each stage in backward (``set_grad_checkpointing``).
         env (dict): Environment variables of the measuring subprocess.
+        runtime (str): ``'torch'`` (eager PyTorch) or ``'onnxruntime'`` (inference only:
+            the ONNX export in onnxruntime's CPU provider).
+        reparameterize (bool): Eager inference with batch norms folded (``reparameterize()``).
+        checkpoint (str, optional): Build the network from this shared checkpoint
+            (``create_model_from_checkpoint``) instead of ``model``; ``model`` is a label.
+        export (dict): Arguments of ``backbones.export.export_onnx`` (``aggregation``,
+            ``keep_ratio``, ``criterion``, ``fold_bn``) for ``runtime='onnxruntime'``.
     """
 
     model: str
@@ -61,10 +75,21 @@ class BenchSpec:
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     grad_checkpointing: bool = False
     env: Dict[str, str] = field(default_factory=dict)
+    runtime: str = 'torch'
+    reparameterize: bool = False
+    checkpoint: Optional[str] = None
+    export: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.mode not in ('train', 'infer'):
             raise ValueError(f"mode must be 'train' or 'infer', got {self.mode!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f'runtime must be one of {RUNTIMES}, got {self.runtime!r}')
+        if self.runtime == 'onnxruntime' and (self.mode != 'infer' or self.device != 'cpu'):
+            raise ValueError(f"runtime 'onnxruntime' measures CPU inference, got mode={self.mode!r} "
+                             f"device={self.device!r}")
+        if self.reparameterize and self.mode != 'infer':
+            raise ValueError('reparameterize (folded batch norms) is for inference only')
         if self.device not in ('cpu', 'cuda'):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         for name in ('batch_size', 'img_size', 'runs'):
@@ -134,8 +159,13 @@ def _build_step(spec: BenchSpec):
             raise RuntimeError('device cuda requested but CUDA is not available')
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
+    if spec.runtime == 'onnxruntime':
+        return _build_onnxruntime_step(spec)
     memory_format = torch.channels_last if spec.channels_last else torch.contiguous_format
-    model = timm.create_model(spec.model, **spec.model_kwargs).to(spec.device, memory_format=memory_format)
+    model = _create_model(spec)
+    if spec.reparameterize:
+        model.eval().reparameterize()
+    model = model.to(spec.device, memory_format=memory_format)
     if spec.grad_checkpointing:
         model.set_grad_checkpointing(True)
     in_chans = model.pretrained_cfg.get('input_size', (3,))[0]
@@ -164,6 +194,70 @@ def _build_step(spec: BenchSpec):
                 model(x)
 
     return model, step
+
+
+def _create_model(spec: BenchSpec):
+    import timm
+    if spec.checkpoint:
+        from .checkpoint import create_model_from_checkpoint
+        return create_model_from_checkpoint(spec.checkpoint, **spec.model_kwargs)
+    return timm.create_model(spec.model, **spec.model_kwargs)
+
+
+def _onnx_session(spec: BenchSpec, path: str, profile: bool = False):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if spec.threads:
+        options.intra_op_num_threads = spec.threads
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(os.path.dirname(path), 'ort_profile')
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def _build_onnxruntime_step(spec: BenchSpec, profile: bool = False):
+    """Export the network of ``spec`` to a temporary ONNX file and return ``(session, step)``."""
+    import tempfile
+    import warnings
+
+    import numpy as np
+
+    from .sparsity import dag_stages
+
+    model = _create_model(spec).eval()
+    stages = list(dag_stages(model))
+    if stages and not spec.checkpoint:
+        # an untrained network has every alpha at exactly 1, which the inference form adds
+        # without scaling: give it values as after training
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
+            for stage in stages:
+                if stage.edge_weights.requires_grad:
+                    stage.edge_weights.copy_(torch.rand(stage.edge_weights.shape, generator=generator) + 0.5)
+    folder = tempfile.mkdtemp(prefix='toponet-bench-')
+    path = os.path.join(folder, 'model.onnx')
+    in_chans = getattr(model, 'in_chans', None) or model.pretrained_cfg.get('input_size', (3,))[0]
+    if stages:
+        from .export import export_onnx
+        export_onnx(model, path, batch_size=2, img_size=spec.img_size, **spec.export)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            x = torch.randn(2, in_chans, spec.img_size, spec.img_size)
+            program = torch.onnx.export(model, (x,), dynamo=True, input_names=['images'], output_names=['logits'],
+                                        dynamic_shapes=({0: torch.export.Dim('batch', min=1)},), verbose=False)
+            program.save(path)
+    session = _onnx_session(spec, path, profile=profile)
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((spec.batch_size, in_chans, spec.img_size, spec.img_size),
+                                                 dtype=np.float32)
+
+    def step():
+        session.run(None, {name: x})
+
+    return session, step
 
 
 def measure(spec: BenchSpec) -> BenchResult:
@@ -228,6 +322,8 @@ def profile_ops(spec: BenchSpec, steps: int = 3, top: int = 15) -> List[Dict[str
     CUDA, CPU time otherwise), after ``spec.warmup`` untimed steps, under torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
+    if spec.runtime == 'onnxruntime':
+        return _profile_onnxruntime(spec, steps, top)
     _model, step = _build_step(spec)
     for _ in range(max(1, spec.warmup)):
         step()
@@ -249,6 +345,49 @@ def profile_ops(spec: BenchSpec, steps: int = 3, top: int = 15) -> List[Dict[str
             self_us = event.self_cpu_time_total
         if self_us > 0:
             rows.append({'op': event.key, 'ms_per_step': self_us / 1e3 / steps, 'calls_per_step': event.count / steps})
+    rows.sort(key=lambda r: -r['ms_per_step'])
+    total = sum(r['ms_per_step'] for r in rows)
+    for r in rows:
+        r['share'] = r['ms_per_step'] / total if total else 0.0
+    return rows[:top]
+
+
+def _onnxruntime_kind(args: Dict[str, Any]) -> str:
+    """A profiled node's type; convolutions by what they do (from the weight's shape)."""
+    op = args.get('op_name', 'unknown')
+    shapes = [next(iter(s.values())) for s in args.get('input_type_shape', []) if s]
+    if op != 'Conv' or len(shapes) < 2 or len(shapes[1]) != 4:
+        return op
+    out_chs, in_per_group, kh, kw = shapes[1]
+    summed = ' + sum' if any(len(shape) == 4 for shape in shapes[2:]) else ''  # a fused Add's input (4-D)
+    if in_per_group == 1 and kh == kw == 1:
+        return 'Conv 1x1 per-channel (alpha scaling / BN)' + summed
+    if in_per_group == 1:
+        return f'Conv {kh}x{kw} depthwise' + summed
+    return f'Conv {kh}x{kw}' + summed
+
+
+def _profile_onnxruntime(spec: BenchSpec, steps: int, top: int) -> List[Dict[str, Any]]:
+    """onnxruntime's own profile: time per step by node type (``op_name`` of each executed
+    node: a blocked-layout convolution shows as ``Conv``, a layout change as ``ReorderInput``
+    or ``ReorderOutput``), over the last ``steps`` of ``warmup + steps`` runs."""
+    session, step = _build_onnxruntime_step(spec, profile=True)
+    for _ in range(max(1, spec.warmup) + steps):
+        step()
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    per_node: Dict[str, List[float]] = {}
+    kinds: Dict[str, str] = {}
+    for event in events:
+        if event.get('cat') == 'Node' and event.get('name', '').endswith('_kernel_time'):
+            per_node.setdefault(event['name'], []).append(event['dur'])
+            kinds[event['name']] = _onnxruntime_kind(event.get('args', {}))
+    totals: Dict[str, Dict[str, float]] = {}
+    for node, durations in per_node.items():
+        row = totals.setdefault(kinds[node], {'us': 0.0, 'nodes': 0})
+        row['us'] += sum(durations[-steps:])
+        row['nodes'] += 1
+    rows = [{'op': op, 'ms_per_step': v['us'] / 1e3 / steps, 'calls_per_step': v['nodes']} for op, v in totals.items()]
     rows.sort(key=lambda r: -r['ms_per_step'])
     total = sum(r['ms_per_step'] for r in rows)
     for r in rows:

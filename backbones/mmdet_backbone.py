@@ -25,9 +25,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmdet.registry import MODELS
+
+from .console import CONSOLE
 
 __all__ = ['TopoNetBackbone', 'adapt_stem_weight']
 
@@ -77,7 +79,11 @@ class TopoNetBackbone(BaseModule):
         stem_stride (int, optional): Override the stem stride (TopoNet family only).
         stage_strides (Sequence[int], optional): Override the stage strides (TopoNet
             family only). Convolution weights do not depend on strides, so a checkpoint of
-            the same network loads into a re-strided one.
+            the same network loads into a re-strided one (the input projection of each
+            stage carries its stride, ``backbones/dag.py``).
+        input_path (str, optional): Override the TopoNet's ``input_path`` (TopoNet family
+            only): ``'node1'`` builds the wiring in which node 1 carries each stage's shape
+            change, to load checkpoints trained that way.
         seed (int, optional): Graph seed of random topologies.
         graphs (Sequence, optional): Explicit ``GraphSpec`` (or dicts) per stage.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH)`` with a
@@ -95,10 +101,10 @@ class TopoNetBackbone(BaseModule):
                  norm_eval: bool = True, alpha_trainable: bool = True, in_chans: int = 3,
                  stem_stride: Optional[int] = None, stage_strides: Optional[Sequence[int]] = None,
                  seed: Optional[int] = None, graphs: Optional[Sequence[Any]] = None,
-                 init_cfg: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None, input_path: Optional[str] = None):
         super().__init__(init_cfg=init_cfg)
         network = _build_network(name, alpha_trainable=alpha_trainable, in_chans=in_chans, stem_stride=stem_stride,
-                                 stage_strides=stage_strides, seed=seed, graphs=graphs)
+                                 stage_strides=stage_strides, seed=seed, graphs=graphs, input_path=input_path)
         levels = [info for info in network.feature_info if info['module'].startswith('stages.')]
         num_levels = len(levels)
         out_indices = tuple(out_indices)
@@ -214,10 +220,10 @@ class TopoNetBackbone(BaseModule):
             raise ValueError(f'{path} (model {ckpt.model_name!r}) does not fit the {self.model_name} backbone: '
                              f'shape mismatch in {len(mismatched)} tensors, first {mismatched[:3]}')
         self.load_state_dict(state, strict=True)
-        print_log(f'{self.model_name} backbone: loaded all {len(state)} tensors from {path} '
-                  f'(alpha of {len(self.stages)} stages included; skipped {len(skipped)} classifier tensors'
-                  f'{", adapted the stem to %d input channels" % self.in_chans if adapted else ""})',
-                  logger='current')
+        MMLogger.get_current_instance().info(
+            f'{self.model_name} backbone: loaded all {len(state)} tensors from {path} '
+            f'(alpha of {len(self.stages)} stages included; skipped {len(skipped)} classifier tensors'
+            f'{", adapted the stem to %d input channels" % self.in_chans if adapted else ""})', extra=CONSOLE)
         return dict(skipped=skipped, adapted=adapted)
 
     def _check_topology(self, ckpt, path: str) -> None:
@@ -242,7 +248,8 @@ def _first(keys: List[str], n: int = 5) -> str:
 
 
 def _build_network(name: str, alpha_trainable: bool, in_chans: int, stem_stride: Optional[int],
-                   stage_strides: Optional[Sequence[int]], seed: Optional[int], graphs: Optional[Sequence[Any]]):
+                   stage_strides: Optional[Sequence[int]], seed: Optional[int], graphs: Optional[Sequence[Any]],
+                   input_path: Optional[str] = None):
     import timm
     from .dagnet import DAGNetMixin
     from .toponet import TopoNet, model_cfgs
@@ -254,6 +261,11 @@ def _build_network(name: str, alpha_trainable: bool, in_chans: int, stem_stride:
         kwargs['graphs'] = list(graphs)
     if not timm.is_model(name):
         raise ValueError(f'unknown backbone {name!r}: not a timm model registered by backbones')
+    if input_path is not None:
+        if name not in model_cfgs:
+            raise ValueError(f'input_path can only be set for the TopoNet family (backbones.toponet.model_cfgs), '
+                             f'not {name!r}')
+        kwargs['input_path'] = input_path
     if stem_stride is not None or stage_strides is not None:
         if name not in model_cfgs:
             raise ValueError(f'stem_stride/stage_strides can only be overridden for the TopoNet family '

@@ -13,6 +13,12 @@ Config (any mmengine Runner: classification, detection, face)::
 
 ``paramwise_cfg=dict(alpha_decay_mult=1.0)`` puts weight decay back on the edge weights.
 The penalty is logged as ``train/loss_sparsity``.
+
+Every config of the project imports this module, so importing it also allow-lists the types
+of mmengine's checkpoints for ``torch.load(weights_only=True)``
+(``backbones.mmengine_runner.allow_mmengine_checkpoint_globals``): mmengine's and mmdet's own
+tools (``tools/test.py``, ``tools/train.py --resume``, ``DetInferencer``) then load the
+project's checkpoints with ``weights_only`` kept on.
 """
 from __future__ import annotations
 
@@ -24,9 +30,13 @@ from mmengine.logging import MessageHub
 from mmengine.optim import AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
 
+from .mmengine_runner import allow_mmengine_checkpoint_globals
 from .sparsity import TopologySparsity
 
-__all__ = ['TopologySparsityOptimWrapper', 'TopologySparsityAmpOptimWrapper', 'TopologyOptimWrapperConstructor']
+allow_mmengine_checkpoint_globals()
+
+__all__ = ['TopologySparsityOptimWrapper', 'TopologySparsityAmpOptimWrapper', 'DeviceAmpOptimWrapper',
+           'TopologyOptimWrapperConstructor']
 
 _SPARSITY_WRAPPERS = ('TopologySparsityOptimWrapper', 'TopologySparsityAmpOptimWrapper')
 
@@ -60,9 +70,35 @@ class TopologySparsityOptimWrapper(_SparsityMixin, OptimWrapper):
     """``OptimWrapper`` with the paper's sparsity constraint on edge weights."""
 
 
+class _AnyDeviceAmpMixin:
+    """mmengine's ``AmpOptimWrapper`` refuses to be built without an accelerator. On CPU
+    autocast runs bfloat16, which needs no loss scaling (it has float32's exponent range):
+    there the wrapper gets bfloat16 autocast and a disabled ``GradScaler``."""
+
+    def __init__(self, *args, loss_scale='dynamic', dtype=None, use_fsdp=False, **kwargs):
+        from mmengine.device import get_device
+        if get_device() != 'cpu':
+            super().__init__(*args, loss_scale=loss_scale, dtype=dtype, use_fsdp=use_fsdp, **kwargs)
+            return
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype, None)
+        if dtype not in (None, torch.bfloat16):
+            raise ValueError(f'optim_wrapper.dtype={dtype}: autocast on CPU runs bfloat16 only')
+        OptimWrapper.__init__(self, *args, **kwargs)
+        self._scale_update_param = None
+        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
+        self.cast_dtype = torch.bfloat16
+
+
 @OPTIM_WRAPPERS.register_module()
-class TopologySparsityAmpOptimWrapper(_SparsityMixin, AmpOptimWrapper):
-    """``AmpOptimWrapper`` with the paper's sparsity constraint on edge weights."""
+class DeviceAmpOptimWrapper(_AnyDeviceAmpMixin, AmpOptimWrapper):
+    """``AmpOptimWrapper`` that also runs on CPU (bfloat16 autocast)."""
+
+
+@OPTIM_WRAPPERS.register_module()
+class TopologySparsityAmpOptimWrapper(_SparsityMixin, _AnyDeviceAmpMixin, AmpOptimWrapper):
+    """``AmpOptimWrapper`` with the paper's sparsity constraint on edge weights; also runs on
+    CPU (bfloat16 autocast)."""
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

@@ -58,3 +58,41 @@ def test_measure_with_gradient_checkpointing():
     assert model.grad_checkpointing is True
     step()
     assert measure(spec).median_s > 0
+
+
+def test_onnxruntime_spec_validation():
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        BenchSpec(model='toponet_fmnist_complete', mode='infer', runtime='tvm')
+    with pytest.raises(ValueError, match="measures CPU inference"):
+        BenchSpec(model='toponet_fmnist_complete', mode='train', runtime='onnxruntime')
+    with pytest.raises(ValueError, match='inference only'):
+        BenchSpec(model='toponet_fmnist_complete', mode='train', reparameterize=True)
+
+
+def test_onnxruntime_measure_and_profile_by_node_kind():
+    from backbones.benchmark import _build_onnxruntime_step
+    spec = BenchSpec(model='toponet_fmnist_complete', mode='infer', runtime='onnxruntime', batch_size=3, img_size=28,
+                     runs=2, warmup=1)
+    result = measure(spec)
+    assert len(result.times_s) == 2 and result.images_per_s == pytest.approx(3 / result.median_s)
+    session, _ = _build_onnxruntime_step(spec)
+    assert session.get_inputs()[0].shape[1:] == [1, 28, 28]  # the spec's size, dynamic batch
+    rows = profile_ops(spec, steps=1, top=50)
+    kinds = {r['op'] for r in rows}
+    # the inference form: every edge weight is a per-channel 1x1 convolution, most with a fused sum
+    import timm
+    edges = sum(s.graph.num_edges for s in timm.create_model('toponet_fmnist_complete').stages)
+    scaling = sum(r['calls_per_step'] for r in rows if r['op'].startswith('Conv 1x1 per-channel'))
+    assert 'Conv 3x3 depthwise' in kinds and scaling >= edges
+    assert 0 < sum(r['share'] for r in rows) <= 1 + 1e-9
+
+
+def test_measure_eager_with_folded_batch_norm():
+    import torch
+    from backbones.benchmark import _build_step
+    spec = BenchSpec(model='toponet_fmnist_complete', mode='infer', reparameterize=True, batch_size=2, img_size=28,
+                     runs=1, warmup=1)
+    model, step = _build_step(spec)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    step()

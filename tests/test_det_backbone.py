@@ -75,7 +75,25 @@ def test_registry_build_levels_channels_and_strides():
     assert [f.shape[1] for f in feats] == [24, 32, 96, 320] and backbone.out_strides == [4, 8, 16, 32]
 
 
+def test_restriding_moves_the_stride_into_the_input_projection(tmp_path):
+    # The fmnist network's last stage has stride 1; re-strided to 2, its input projection
+    # (which every edge out of the stage input reads) carries the stride, and node 1 stays a
+    # width-to-width stride-1 node. The classification checkpoint loads unchanged.
+    backbone = MODELS.build(dict(SMALL))
+    last = backbone.stages[3]
+    assert last.input_path == 'projection' and last.input_proj.conv_dw.stride == (2, 2)
+    assert all(node.conv_dw.stride == (1, 1) and node.conv_dw.in_channels == 160 for node in last.nodes)
+    backbone.load_checkpoint(_pretrained(tmp_path / 'cls.safetensors'))
+    # the node1 wiring on request, for checkpoints trained that way: node 1 carries the stride
+    node1 = MODELS.build(dict(SMALL, input_path='node1'))
+    assert node1.stages[3].nodes[0].conv_dw.stride == (2, 2) and node1.stages[3].nodes[0].conv_dw.in_channels == 128
+    with pytest.raises(ValueError, match='stages.0.nodes.0'):
+        node1.load_checkpoint(str(tmp_path / 'cls.safetensors'))
+
+
 @pytest.mark.parametrize('bad, match', [
+    (dict(name='mobilenetv2_100_topo', input_path='node1'), 'input_path can only be set for the TopoNet family'),
+    (dict(input_path='raw'), "unknown input_path 'raw'"),
     (dict(out_indices=(0, 4)), 'out_indices'),
     (dict(out_indices=(2, 1)), 'out_indices'),
     (dict(frozen_stages=5), 'frozen_stages'),
@@ -176,7 +194,9 @@ def test_a_dropped_key_fails_the_load(tmp_path, dropped):
     # mmengine's own Pretrained init would load this non-strictly and only log the missing key
     path = _rewrite(_pretrained(tmp_path / 'cls.safetensors'), str(tmp_path / 'partial.safetensors'), drop=[dropped])
     detector = _detector(path)
-    with pytest.raises(ValueError, match=r"missing \['" + re.escape(dropped) + "'"):
+    expected = (r'stages\.1 has edge_index but no edge_weights' if dropped.endswith('edge_weights')  # read_checkpoint
+                else r"missing \['" + re.escape(dropped) + "'")
+    with pytest.raises(ValueError, match=expected):
         detector.init_weights()
 
 
@@ -186,9 +206,9 @@ def test_a_checkpoint_of_another_topology_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"another topology: stage 0 is residual with 8 nodes and \d+ edges.*"
                                          r"complete with 8 nodes and 28 edges"):
         detector.init_weights()
-    # without graph metadata the edge_index buffers still refuse it (DAGStage)
+    # metadata without its graphs no longer describes the tensors: refused when the file is read
     bare = _rewrite(path, str(tmp_path / 'bare.safetensors'), metadata_update={'topology': json.dumps(None)})
-    with pytest.raises(ValueError, match='another topology'):
+    with pytest.raises(ValueError, match='the metadata records 0 DAG stages, the tensors hold 4'):
         _detector(bare).init_weights()
     # another network altogether (ResNet-20 with alpha: 3 stages)
     path = _pretrained(tmp_path / 'cifar.safetensors', name='resnet20_cifar_topo')

@@ -3,6 +3,7 @@
     python tools/benchmark.py                      # CPU: every suite that applies
     python tools/benchmark.py --device cuda --amp  # on a GPU machine
     python tools/benchmark.py --suites train --batch-size 8 --runs 3
+    python tools/benchmark.py --device cuda:1 --suites infer     # the second GPU
 
 Suites (each pair measured in this one invocation, every model in its own subprocess):
   train  train-step time and peak memory: toponet_complete (alpha learnable) vs
@@ -20,10 +21,17 @@ Suites (each pair measured in this one invocation, every model in its own subpro
          (default: the make-demo Fashion-MNIST checkpoint), beside the ratio of their MACs.
   face   MegaFace identification time and peak memory (tools/benchmark_megaface.py, 3,530 x
          --distractors x 256-d) and RecordIO read + JPEG decode throughput (112x112 faces).
+  deploy CPU inference at --infer-batch-size in onnxruntime (the export of backbones/export.py:
+         batch norms folded, edge weights as per-channel 1x1 convolutions) beside eager PyTorch:
+         toponet_complete vs timm resnet50, both in onnxruntime (target >= 0.9x throughput);
+         toponet_residual_l2 vs resnet50 (the part of the gap that is not topology); the
+         scalar-Mul form vs the blocked-layout form; onnxruntime vs our eager path; eager with
+         batch norms folded (reparameterize()) vs eager; the pruned --checkpoint (--keep-ratio,
+         --criterion) vs its unpruned export (target >= 1.0x); and where onnxruntime's time
+         goes (node types by time) for toponet_complete and resnet50.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,34 +39,38 @@ from dataclasses import asdict, replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from backbones import cli  # noqa: E402
 from backbones.benchmark import (BenchSpec, compare, machine_info, profile_in_subprocess,  # noqa: E402
                                  run_in_subprocess)
 
-SUITES = ('train', 'infer', 'agg', 'ckpt', 'profile', 'prune', 'face')
+SUITES = ('train', 'infer', 'agg', 'ckpt', 'profile', 'prune', 'face', 'deploy')
 DEFAULT_SUITES = ('train', 'infer', 'agg')
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--suites', nargs='+', default=list(DEFAULT_SUITES), choices=SUITES,
-                   help=f'default: {" ".join(DEFAULT_SUITES)}')
-    p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
-    p.add_argument('--amp', action='store_true', help='autocast: float16 on CUDA, bfloat16 on CPU')
-    p.add_argument('--no-channels-last', dest='channels_last', action='store_false')
-    p.add_argument('--batch-size', type=int, default=None, help='default: 16 on CPU, 128 on CUDA')
-    p.add_argument('--infer-batch-size', type=int, default=None, help='default: 32 on CPU, 256 on CUDA')
-    p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--runs', type=int, default=5)
-    p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
-    p.add_argument('--checkpoint', default='work_dirs/demo/fmnist/toponet_fmnist.safetensors',
-                   help='prune suite: the trained network to prune')
-    p.add_argument('--keep-ratio', type=float, default=0.5, help='prune suite: fraction of edges kept')
-    p.add_argument('--criterion', default='relative', choices=('abs', 'relative'), help='prune suite: edge score')
-    p.add_argument('--distractors', type=int, default=1_000_000, help='face suite: MegaFace distractors')
-    p.add_argument('--records', type=int, default=2000, help='face suite: images in the RecordIO file')
-    p.add_argument('--out', default=None, help='also write the results as JSON here')
-    return p.parse_args()
+def build_parser():
+    parser = cli.make_parser(__doc__)
+    parser.add_argument('--suites', nargs='+', default=list(DEFAULT_SUITES), choices=SUITES, help='what to measure')
+    cli.add_device(parser, default='cpu')
+    parser.add_argument('--amp', action='store_true', help='autocast: float16 on CUDA, bfloat16 on CPU')
+    parser.add_argument('--no-channels-last', dest='channels_last', action='store_false',
+                        help='NCHW layout instead of channels-last')
+    parser.add_argument('--batch-size', type=int, default=None, help='train batch (default: 16 on CPU, 128 on CUDA)')
+    parser.add_argument('--infer-batch-size', type=int, default=None,
+                        help='inference batch (default: 32 on CPU, 256 on CUDA)')
+    parser.add_argument('--input-size', type=int, default=224, help='square input side')
+    parser.add_argument('--runs', type=int, default=5, help='timed runs per measurement (the median is reported)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed runs first')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch decides)')
+    parser.add_argument('--checkpoint', default='work_dirs/demo/fmnist/toponet_fmnist.safetensors',
+                        help='prune and deploy suites: the trained network to prune')
+    parser.add_argument('--keep-ratio', type=float, default=0.5,
+                        help='prune and deploy suites: fraction of edges kept')
+    parser.add_argument('--criterion', default='relative', choices=('abs', 'relative'),
+                        help='prune and deploy suites: edge score')
+    parser.add_argument('--distractors', type=int, default=1_000_000, help='face suite: MegaFace distractors')
+    parser.add_argument('--records', type=int, default=2000, help='face suite: images in the RecordIO file')
+    parser.add_argument('--out', default=None, help='also write the results as JSON here')
+    return parser
 
 
 def _row(label, r, ratios=None):
@@ -76,7 +88,9 @@ def _label(spec):
             return f'{sum(len(g["edges"]) for g in value)} edges'
         return value
 
-    parts = [f'{k}={short(k, v)}' for k, v in spec.model_kwargs.items() if k not in ('num_classes', 'seed')]
+    parts = ([spec.runtime] if spec.runtime != 'torch' else []) + (['bn folded'] if spec.reparameterize else [])
+    parts += [f'{k}={v}' for k, v in spec.export.items()]
+    parts += [f'{k}={short(k, v)}' for k, v in spec.model_kwargs.items() if k not in ('num_classes', 'seed')]
     parts += [f'{k}={v}' for k, v in spec.env.items()] + (['grad_checkpointing'] if spec.grad_checkpointing else [])
     extra = ','.join(parts)
     return f'{spec.model} {spec.mode}' + (f' ({extra})' if extra else '')
@@ -89,7 +103,8 @@ def prune_suite(args, base, pair):
     from backbones.pruning import build_compact_model, prune_masks
 
     if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f'prune suite: checkpoint {args.checkpoint} not found (run make demo, or pass --checkpoint)')
+        raise FileNotFoundError(f'prune suite: checkpoint not found: {args.checkpoint} (run make demo, or pass '
+                                f'--checkpoint)')
     ckpt = read_checkpoint(args.checkpoint)
     model = create_model_from_checkpoint(args.checkpoint).eval()
     masks, _ = prune_masks(model, keep_ratio=args.keep_ratio, criterion=args.criterion)
@@ -120,6 +135,42 @@ def profile_suite(base):
         for r in rows:
             print(f'  {r["op"]:<48} {r["ms_per_step"]:9.2f} ms {100 * r["share"]:6.1f}% '
                   f'{r["calls_per_step"]:7.0f} calls')
+    return out
+
+
+def deploy_suite(args, base, pair, infer_bs):
+    """onnxruntime against onnxruntime and against eager PyTorch, at one batch."""
+    if base.device != 'cpu':
+        print('[deploy] skipped: onnxruntime is measured on the CPU (--device cpu)')
+        return {}
+    infer = replace(base, mode='infer', batch_size=infer_bs)
+    ort = replace(infer, runtime='onnxruntime', channels_last=False)
+    resnet = replace(ort, model='resnet50')
+    pair('deploy_ort_complete_vs_resnet50', ort, resnet, {'throughput_ratio': ('>=', 0.9)})
+    pair('deploy_ort_residual_vs_resnet50', replace(ort, model='toponet_residual_l2'), resnet, {})
+    pair('deploy_ort_mul_vs_conv_form', replace(ort, export={'aggregation': 'mul'}), ort, {})
+    pair('deploy_ort_vs_eager', ort, infer, {})
+    pair('deploy_eager_bn_folded', replace(infer, reparameterize=True), infer, {})
+    out = {}
+    if os.path.isfile(args.checkpoint):
+        from backbones.checkpoint import create_model_from_checkpoint, read_checkpoint
+        side = create_model_from_checkpoint(args.checkpoint).pretrained_cfg['input_size'][-1]
+        trained = replace(ort, model=read_checkpoint(args.checkpoint).model_name,
+                          checkpoint=os.path.abspath(args.checkpoint), img_size=side)
+        pair('deploy_ort_pruned_vs_unpruned',
+             replace(trained, export={'keep_ratio': args.keep_ratio, 'criterion': args.criterion}), trained,
+             {'throughput_ratio': ('>=', 1.0)})
+    else:
+        print(f'[deploy_ort_pruned_vs_unpruned] skipped: checkpoint not found: {args.checkpoint} (run make demo, or '
+              f'pass --checkpoint)')
+    for spec in (ort, resnet):
+        rows = profile_in_subprocess(spec)
+        label = _label(spec)
+        out[f'profile {label}'] = rows
+        print(f'[deploy profile] {label}: onnxruntime node types by time per batch of {spec.batch_size}')
+        for r in rows:
+            print(f'  {r["op"]:<48} {r["ms_per_step"]:9.2f} ms {100 * r["share"]:6.1f}% '
+                  f'{r["calls_per_step"]:7.0f} nodes')
     return out
 
 
@@ -155,17 +206,22 @@ def face_suite(args):
     return {'megaface': lines, 'recordio_images_per_s': rate}
 
 
-def main():
-    args = parse_args()
+def run(argv) -> int:
+    args = build_parser().parse_args(argv)
+    device = str(cli.resolve_device(args.device))
+    if device.startswith('cuda:'):  # every measurement runs in a subprocess: show it that one GPU only
+        os.environ['CUDA_VISIBLE_DEVICES'] = device.split(':')[1]
+        device = 'cuda'
+    args.device = device
     cuda = args.device == 'cuda'
     base = BenchSpec(model='toponet_complete', device=args.device, channels_last=args.channels_last,
-                     amp=args.amp, img_size=args.img_size, runs=args.runs, warmup=args.warmup,
+                     amp=args.amp, img_size=args.input_size, runs=args.runs, warmup=args.warmup,
                      threads=args.threads, batch_size=args.batch_size or (128 if cuda else 16))
     infer_bs = args.infer_batch_size or (256 if cuda else 32)
     info = machine_info()
     print('machine:', json.dumps(info))
     print(f'settings: device={args.device} amp={args.amp} channels_last={args.channels_last} '
-          f'img={args.img_size} train_batch={base.batch_size} infer_batch={infer_bs} '
+          f'input={args.input_size} train_batch={base.batch_size} infer_batch={infer_bs} '
           f'runs={args.runs} (median) warmup={args.warmup}')
     report = {'machine': info, 'results': {}}
 
@@ -215,11 +271,20 @@ def main():
         report['results']['prune'] = prune_suite(args, base, pair)
     if 'face' in args.suites:
         report['results']['face'] = face_suite(args)
+    if 'deploy' in args.suites:
+        report['results']['deploy'] = deploy_suite(args, base, pair, infer_bs)
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(report, f, indent=2, default=str)
+        from backbones.io_utils import atomic_write_text
+        atomic_write_text(args.out, json.dumps(report, indent=2, default=str))
         print('results written to', args.out)
+    cli.print_result({name: value['ratios'] for name, value in report['results'].items()
+                      if isinstance(value, dict) and 'ratios' in value})
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_main(run, argv)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

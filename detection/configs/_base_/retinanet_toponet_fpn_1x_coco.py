@@ -1,6 +1,7 @@
 # RetinaNet FPN 1x with an ImageNet-pretrained TopoNet (Table 1: 2C..16C = 128..1024 channels
 # at strides 4..32) in place of ResNet-50. The paper reports Faster R-CNN FPN; this uses the
-# same recipe (lr 0.02 at batch 32 is mmdet's RetinaNet lr 0.01 at batch 16, scaled linearly).
+# same recipe at RetinaNet's lr (0.02 at batch 32 is mmdet's RetinaNet lr 0.01 at batch 16,
+# scaled linearly; coco_fpn_1x_paper.py).
 # Like mmdet's ResNet-50 set-up, the stem and first stage are frozen and BatchNorm statistics
 # kept (frozen_stages=1, norm_eval=True). Variants set the topology, alpha, sparsity and
 # checkpoint (written by the matching classification/configs/toponet_imagenet_*.py run).
@@ -19,4 +20,5 @@ model = dict(
 optim_wrapper = dict(
     type='TopologySparsityOptimWrapper',
     sparsity=dict(mode='none', lam=1e-4),
-    constructor='TopologyOptimWrapperConstructor')
+    constructor='TopologyOptimWrapperConstructor',
+    optimizer=dict(lr=0.02))
