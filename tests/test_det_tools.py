@@ -78,10 +78,22 @@ def test_train_resume_and_test_through_the_tools(setup):
     assert 'resumed epoch: 1' in out
     assert 'Epoch(train)' not in out
     # the test tool scores the last checkpoint (given the work dir) with pycocotools
-    out = _run('test_det.py', CONFIG, work_dir, '--cfg-options', 'model.test_cfg.score_thr=0.0', *_data_options(data))
+    out = _run('test_det.py', CONFIG, work_dir, '--work-dir', str(root / 'test'), '--cfg-options',
+               'model.test_cfg.score_thr=0.0', *_data_options(data))
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics['checkpoint'].endswith('epoch_1.pth')
     assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0 and 'coco/bbox_mAP_50' in metrics
+
+
+@pytest.mark.parametrize('name', ['retinanet_toponet-fmnist_fpn_toy.py', 'faster-rcnn_toponet-fmnist_fpn_toy.py'])
+def test_toy_configs_checkpoint_every_epoch(name):
+    # an interrupted `make demo` resumes its detection step from the last finished epoch
+    import detection  # noqa: F401  (mmdet:: config bases)
+    from mmengine.config import Config
+    cfg = Config.fromfile(os.path.join(ROOT, 'detection', 'configs', 'toy', name))
+    assert cfg.train_cfg.type == 'EpochBasedTrainLoop' and cfg.train_cfg.max_epochs == 8
+    checkpoint = cfg.default_hooks.checkpoint
+    assert checkpoint.get('by_epoch', True) and checkpoint.interval == 1
 
 
 def test_tools_report_bad_inputs(setup, tmp_path):

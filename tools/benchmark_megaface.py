@@ -7,9 +7,9 @@
 Probes: 80 identities (FaceScrub's count) over 3,530 images; features are random unit
 vectors (probes of one identity share a centre so genuine scores are realistic). Prints
 the identification time (all sizes 10..N in one pass, CMC to --max-rank, TAR at
-FAR=1e-6) and the process's peak resident memory, distractor features included.
+FAR=1e-6) and the process's peak resident memory, distractor features included. The last
+stdout line is one JSON object with those numbers.
 """
-import argparse
 import os
 import resource
 import sys
@@ -17,17 +17,29 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from backbones import cli  # noqa: E402
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--probes', type=int, default=3530)
-    parser.add_argument('--identities', type=int, default=80)
-    parser.add_argument('--distractors', type=int, default=1_000_000)
-    parser.add_argument('--dim', type=int, default=256)
-    parser.add_argument('--max-rank', type=int, default=10)
-    parser.add_argument('--chunk-size', type=int, default=16384)
-    parser.add_argument('--seed', type=int, default=0)
+
+def build_parser():
+    parser = cli.make_parser(__doc__)
+    parser.add_argument('--probes', type=int, default=3530, help='probe images (FaceScrub: 3,530)')
+    parser.add_argument('--identities', type=int, default=80, help='probe identities (FaceScrub: 80)')
+    parser.add_argument('--distractors', type=int, default=1_000_000, help='distractor features')
+    parser.add_argument('--dim', type=int, default=256, help='feature dimension')
+    parser.add_argument('--max-rank', type=int, default=10, help='CMC computed up to this rank')
+    parser.add_argument('--chunk-size', type=int, default=16384, help='distractors scored per chunk')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random features')
+    return parser
+
+
+def run(argv) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    for name in ('probes', 'identities', 'distractors', 'dim', 'max_rank', 'chunk_size'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    if args.identities > args.probes:
+        parser.error(f'--identities ({args.identities}) cannot exceed --probes ({args.probes})')
 
     import numpy as np
     import torch
@@ -49,15 +61,22 @@ def main(argv=None) -> int:
                       chunk_size=args.chunk_size, progress=True)
     elapsed = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f'{args.probes} probes ({result.num_pairs} probe-gallery pairs) x {args.distractors:,} distractors x '
-          f'{args.dim}-d, {torch.get_num_threads()} threads, chunk {args.chunk_size}')
-    print(f'random features generated in {t_data:.1f} s; peak RSS before identification {rss_before:.0f} MiB')
-    print(f'identification time: {elapsed:.1f} s')
-    print(f'peak resident memory: {peak:.0f} MiB ({peak / 1024:.2f} GiB, distractor features '
-          f'{distractors.numel() * 4 / 2 ** 20:.0f} MiB of it)')
-    print('rank-1 (%): ' + ', '.join(f'{s:,}: {r:.2f}' for s, r in result.rank1.items()))
-    print(f'TAR at FAR={result.far:g}: {result.tar:.2f}% (threshold {result.threshold:.4f})')
+    say = cli.rank0_print
+    say(f'{args.probes} probes ({result.num_pairs} probe-gallery pairs) x {args.distractors:,} distractors x '
+        f'{args.dim}-d, {torch.get_num_threads()} threads, chunk {args.chunk_size}')
+    say(f'random features generated in {t_data:.1f} s; peak RSS before identification {rss_before:.0f} MiB')
+    say(f'identification time: {elapsed:.1f} s')
+    say(f'peak resident memory: {peak:.0f} MiB ({peak / 1024:.2f} GiB, distractor features '
+        f'{distractors.numel() * 4 / 2 ** 20:.0f} MiB of it)')
+    say('rank-1 (%): ' + ', '.join(f'{s:,}: {r:.2f}' for s, r in result.rank1.items()))
+    say(f'TAR at FAR={result.far:g}: {result.tar:.2f}% (threshold {result.threshold:.4f})')
+    cli.print_result({'identification_s': elapsed, 'peak_rss_mib': peak, 'rank1': result.rank1, 'tar': result.tar,
+                      'far': result.far})
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_main(run, argv)
 
 
 if __name__ == '__main__':

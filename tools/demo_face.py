@@ -7,9 +7,9 @@ distractors, next to chance.
 
 Re-running skips what is done: the data is generated once, a finished training run is
 not repeated (an interrupted one resumes from its last checkpoint), and only the
-evaluation runs again (``rm -rf work_dirs/demo/face`` starts over).
+evaluation runs again (``rm -rf work_dirs/demo/face`` starts over). The last stdout line is
+one JSON object (verification accuracy, Rank-1 per distractor count).
 """
-import argparse
 import json
 import os
 import sys
@@ -17,23 +17,36 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from backbones import cli  # noqa: E402
+
 CONFIG = 'face/configs/toponet_face_toy.py'
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description='Face recognition demo on toy identity data (CPU).')
-    parser.add_argument('--work-dir', default='work_dirs/demo/face')
-    parser.add_argument('--config', default=CONFIG)
-    args = parser.parse_args(argv)
-    start = time.time()
+def build_parser():
+    parser = cli.make_parser(__doc__)
+    cli.add_work_dir(parser, help='folder of the demo: toy data, the training run, the MegaFace results')
+    parser.set_defaults(work_dir='work_dirs/demo/face')
+    parser.add_argument('--config', default=CONFIG, help='face training config (its data roots are set to the toy '
+                                                          'data)')
+    cli.add_device(parser)
+    return parser
 
+
+def run(argv) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.time()
+    if not os.path.isfile(args.config):
+        raise FileNotFoundError(f'config file not found: {args.config}')
+    cli.use_runner_device(args.device)
+
+    from backbones.console import is_terminal
     from backbones.io_utils import atomic_write_text
     from face.toy_data import make_toy_face_data
     data_root = os.path.join(args.work_dir, 'data')
     done_marker = os.path.join(data_root, '.complete')
     if not os.path.isfile(done_marker):
         print(f'generating toy identity data in {data_root}')
-        make_toy_face_data(data_root)
+        make_toy_face_data(data_root, progress=is_terminal(sys.stderr))  # bars on a terminal only
         atomic_write_text(done_marker, 'ok\n')
     else:
         print(f'toy data found in {data_root}')
@@ -44,7 +57,7 @@ def main(argv=None) -> int:
     from face.megaface import evaluate_megaface, plot_cmc
     from face.model import load_face_checkpoint
     meta = read_checkpoint(ckpt_path).meta
-    model = load_face_checkpoint(ckpt_path)
+    model = load_face_checkpoint(ckpt_path).to(cli.resolve_device(args.device))
     mf = os.path.join(data_root, 'megaface')
     result, info = evaluate_megaface(
         model, os.path.join(mf, 'facescrub'), os.path.join(mf, 'facescrub_features_list.json'),
@@ -69,7 +82,15 @@ def main(argv=None) -> int:
     print(f'checkpoint {ckpt_path}; CMC curves {out_dir}/cmc.png; adjacency '
           f'{os.path.join(os.path.dirname(ckpt_path), "adjacency.png")}')
     print(f'face demo wall time {time.time() - start:.0f} s')
+    cli.print_result({'checkpoint': ckpt_path, 'verification': {
+        name: res['accuracy'] for name, res in (meta.get('verification') or {}).get('results', {}).items()},
+        'rank1': result.rank1, 'tar': result.tar, 'far': result.far, 'cmc': os.path.join(out_dir, 'cmc.png'),
+        'train_dir': os.path.dirname(ckpt_path)})
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_main(run, argv)
 
 
 def _train(config: str, data_root: str, work_dir: str) -> str:
@@ -90,7 +111,10 @@ def _train(config: str, data_root: str, work_dir: str) -> str:
     if os.path.isfile(os.path.join(work_dir, 'last_checkpoint')):
         cfg.resume, cfg.load_from = True, None
         print(f'resuming the training in {work_dir}')
-    Runner.from_cfg(cfg).train()
+    from backbones.console import captured_prints
+    runner = Runner.from_cfg(cfg)
+    with captured_prints(runner.logger):
+        runner.train()
     return ckpt_path
 
 

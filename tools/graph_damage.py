@@ -1,8 +1,15 @@
 #!/usr/bin/env python
-"""Graph damage of a trained TopoNet on Fashion-MNIST (paper section 3.2.3, Figure 4).
+"""Graph damage of a trained TopoNet (paper section 3.2.3, Figure 4), on the data of any
+classification config (ImageNet folder, CIFAR-100, Fashion-MNIST).
 
-    python tools/graph_damage.py work_dirs/x/toponet_fmnist.safetensors
-    python tools/graph_damage.py CKPT --eval-samples 2000 --retrain-iters 100 --fractions 0 0.2 0.4 0.6 0.8
+    python tools/graph_damage.py classification/configs/toponet_fmnist_adaptive.py \\
+        work_dirs/x/toponet_fmnist.safetensors
+    python tools/graph_damage.py CONFIG CKPT --eval-samples 2000 --retrain-iters 100 --fractions 0 0.2 0.4 0.6 0.8
+    python tools/graph_damage.py classification/configs/resnet110_cifar100.py CKPT \\
+        --cfg-options train_dataloader.dataset.root=data/cifar100 test_dataloader.dataset.root=data/cifar100
+
+The config's ``test_dataloader`` gives the images to score on and its ``train_dataloader``
+(with its augmentation) the retraining data; its data preprocessor the normalisation.
 
 * Node damage (Figure 4, left): test accuracy after removing each single computing node of
   each stage (its edges, then any node left without input or output), no retraining.
@@ -11,9 +18,8 @@
   weight training with the remaining alpha frozen (0: skip retraining).
 
 Writes ``node_damage.{json,png}``, ``edge_damage.{json,png}`` and ``damage_summary.md`` into
-the output folder (default: ``<checkpoint folder>/damage``).
+``--out-dir`` (default ``work_dirs/graph_damage/<checkpoint name>``).
 """
-import argparse
 import json
 import os
 import sys
@@ -21,32 +27,41 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from backbones import cli  # noqa: E402
 
-def main(argv=None) -> int:
+
+def build_parser():
     from backbones.analysis import DEFAULT_PRUNE_FRACTIONS
-    parser = argparse.ArgumentParser(description='Node and edge damage of a trained TopoNet (Figure 4).')
-    parser.add_argument('checkpoint', help='shared checkpoint (.safetensors) of a Fashion-MNIST TopoNet')
-    parser.add_argument('--data-root', help='Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)')
-    parser.add_argument('--eval-samples', type=int, default=10000,
-                        help='test images to score on, a seeded random subset (default 10000: all)')
-    parser.add_argument('--train-samples', type=int, help='training images for retraining (default: all 60k)')
+    parser = cli.make_parser(__doc__)
+    cli.add_config(parser, 'classification config: its test_dataloader scores, its train_dataloader retrains')
+    parser.add_argument('checkpoint', help='shared checkpoint (.safetensors) of a trained TopoNet')
+    cli.add_cfg_options(parser)
+    parser.add_argument('--eval-samples', type=int, default=None,
+                        help='score on a seeded random subset of this many test images (default: all)')
+    parser.add_argument('--train-samples', type=int, default=None,
+                        help='retrain on a seeded random subset of this many training images (default: all)')
     parser.add_argument('--skip', choices=['nodes', 'edges'], action='append', default=[],
                         help='skip one of the two experiments')
     parser.add_argument('--fractions', type=float, nargs='+', default=list(DEFAULT_PRUNE_FRACTIONS),
-                        help='fractions of edges to prune (default 0 .. 0.9 by 0.1)')
+                        help='fractions of edges to prune')
     parser.add_argument('--per-stage', action='store_true',
                         help='prune each stage by its own |alpha| ranking (default: one global threshold, as the '
                              'paper)')
     parser.add_argument('--criterion', choices=['abs', 'relative'], default='abs',
-                        help="edge score: |alpha| (default, the paper's) or |alpha| relative to the node's "
-                             "strongest input")
+                        help="edge score: |alpha| (the paper's) or |alpha| relative to the node's strongest input")
     parser.add_argument('--retrain-iters', type=int, default=100,
-                        help='weight-training iterations after pruning, alpha frozen (default 100, about a '
-                             'fifth of an epoch at batch 128; 0: no retraining)')
+                        help='weight-training iterations after pruning, alpha frozen (100: about a fifth of a '
+                             'Fashion-MNIST epoch at batch 128; 0: no retraining)')
     parser.add_argument('--lr', type=float, default=0.02, help='peak learning rate of the retraining (cosine)')
     parser.add_argument('--batch-size', type=int, default=128, help='retraining batch size')
     parser.add_argument('--seed', type=int, default=0, help='seed of subsets, shuffling and retraining')
-    parser.add_argument('--out-dir', help='output folder (default: <checkpoint folder>/damage)')
+    cli.add_device(parser)
+    cli.add_out_dir(parser, help='output folder (default: work_dirs/graph_damage/<checkpoint name>)')
+    return parser
+
+
+def run(argv) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.retrain_iters < 0:
         parser.error(f'--retrain-iters must be >= 0, got {args.retrain_iters}')
@@ -56,19 +71,26 @@ def main(argv=None) -> int:
     from backbones.checkpoint import create_model_from_checkpoint
     from backbones.io_utils import atomic_write_text
     from backbones.viz import plot_edge_damage, plot_node_damage
-    from classification.damage import Normalizer, accuracy_evaluator, fashion_mnist_loader, train_weights
+    from classification.damage import accuracy_evaluator, load_config_data, train_weights
 
     torch.manual_seed(args.seed)
-    out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), 'damage')
-    os.makedirs(out_dir, exist_ok=True)
+    device = cli.resolve_device(args.device)
+    stem = os.path.splitext(os.path.basename(args.checkpoint))[0]
+    out_dir = args.out_dir or cli.default_out_dir('graph_damage', stem)
     # channels-last runs about twice as fast on CPU (oneDNN), as in the training configs
-    model = create_model_from_checkpoint(args.checkpoint).eval().to(memory_format=torch.channels_last)
-    normalizer = Normalizer.for_model(model, channels_last=True)
-    test_loader = fashion_mnist_loader('test', args.data_root, args.eval_samples, batch_size=500, seed=args.seed)
+    model = create_model_from_checkpoint(args.checkpoint).eval().to(device, memory_format=torch.channels_last)
+    retrain_wanted = 'edges' not in args.skip and args.retrain_iters > 0
+    data = load_config_data(args.config, args.cfg_options, args.train_samples, args.eval_samples, args.batch_size,
+                            seed=args.seed, train=retrain_wanted)
+    normalizer = data.normalizer(model, channels_last=True)
+    test_loader = data.test_loader
     evaluate = accuracy_evaluator(test_loader, normalizer)
-    info = {'checkpoint': os.path.abspath(args.checkpoint), 'eval_samples': len(test_loader.dataset)}
+    os.makedirs(out_dir, exist_ok=True)
+    info = {'checkpoint': os.path.abspath(args.checkpoint), 'config': os.path.abspath(args.config),
+            'eval_samples': len(test_loader.dataset)}
     summary = [f'# Graph damage: `{info["checkpoint"]}`', '',
-               f'Top-1 on {info["eval_samples"]} Fashion-MNIST test images.', '']
+               f'Top-1 on {info["eval_samples"]} test images of `{args.config}`.', '']
+    result_line = {'out_dir': os.path.abspath(out_dir), 'eval_samples': info['eval_samples']}
 
     if 'nodes' not in args.skip:
         start = time.time()
@@ -85,19 +107,17 @@ def main(argv=None) -> int:
                            f"{row['accuracy'] - result['baseline']:+.2f} | {extra or '-'} |")
         summary.append('')
         worst = min(result['nodes'], key=lambda r: r['accuracy'])
-        print(f'node damage: baseline {result["baseline"]:.2f}%, worst removal stage {worst["stage"] + 1} node '
-              f'{worst["node"]}: {worst["accuracy"]:.2f}% ({result["seconds"]:.0f} s)')
+        cli.rank0_print(f'node damage: baseline {result["baseline"]:.2f}%, worst removal stage {worst["stage"] + 1} '
+                        f'node {worst["node"]}: {worst["accuracy"]:.2f}% ({result["seconds"]:.0f} s)')
+        result_line.update(baseline=result['baseline'], worst_node_accuracy=worst['accuracy'])
 
     if 'edges' not in args.skip:
         retrain = None
         if args.retrain_iters:
-            train_loader = fashion_mnist_loader('train', args.data_root, args.train_samples, args.batch_size,
-                                                args.seed)
-
             def retrain_weights(pruned):
-                pruned.to(memory_format=torch.channels_last)
+                pruned.to(device, memory_format=torch.channels_last)
                 torch.manual_seed(args.seed)
-                train_weights(pruned, train_loader, args.retrain_iters, normalizer, lr=args.lr, desc='retrain')
+                train_weights(pruned, data.train_loader, args.retrain_iters, normalizer, lr=args.lr, desc='retrain')
             retrain = retrain_weights
         start = time.time()
         result = {**info, 'retrain_iters': args.retrain_iters, 'lr': args.lr,
@@ -123,13 +143,19 @@ def main(argv=None) -> int:
             cut = [s + 1 for s in row['stages_cut']] or '-'
             summary.append(f"| {100 * row['fraction']:.0f}% | {100 * row['fraction_pruned']:.1f}% | {shown} | "
                            f"{row['nodes_kept']} | {cut} | {row['accuracy']:.2f}% | {retrained} | {params} |")
-            print(f"pruned {100 * row['fraction_pruned']:5.1f}% of edges: {row['accuracy']:.2f}% "
-                  f"-> retrained {retrained}")
+            cli.rank0_print(f"pruned {100 * row['fraction_pruned']:5.1f}% of edges: {row['accuracy']:.2f}% "
+                            f"-> retrained {retrained}")
         summary.append('')
-        print(f'edge damage: {result["seconds"]:.0f} s')
+        cli.rank0_print(f'edge damage: {result["seconds"]:.0f} s')
+        result_line['edge_accuracy'] = {row['fraction']: row['accuracy'] for row in result['rows']}
     atomic_write_text(os.path.join(out_dir, 'damage_summary.md'), '\n'.join(summary))
-    print(f'wrote the damage results to {out_dir}')
+    cli.rank0_print(f'wrote the damage results to {out_dir}')
+    cli.print_result(result_line)
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_main(run, argv)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,9 @@
     python tools/train_cls.py classification/configs/toponet_fmnist_adaptive.py
     torchrun --nproc_per_node 8 tools/train_cls.py CONFIG --work-dir work_dirs/x
     python tools/train_cls.py CONFIG --work-dir work_dirs/x --resume   # continue a killed run
+    python tools/train_cls.py CONFIG --work-dir work_dirs/y --resume work_dirs/x/epoch_4.pth   # from that file
+
+The last stdout line is one JSON object (work dir, epoch, iteration), once under torchrun.
 """
 import os
 import sys
@@ -11,9 +14,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def build_parser():
+    from backbones.mmengine_runner import train_parser
+    return train_parser(__doc__)
+
+
 def main(argv=None) -> int:
     from backbones.mmengine_runner import train_from_command_line
-    return train_from_command_line(argv, description='Train a TopoNet-suite classifier.')
+    return train_from_command_line(argv, description=__doc__)
 
 
 if __name__ == '__main__':
