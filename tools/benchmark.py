@@ -65,7 +65,7 @@ def build_parser():
                         help='prune and deploy suites: the trained network to prune')
     parser.add_argument('--keep-ratio', type=float, default=0.5,
                         help='prune and deploy suites: fraction of edges kept')
-    parser.add_argument('--criterion', default='relative', choices=('abs', 'relative'),
+    parser.add_argument('--criterion', default='abs', choices=('abs', 'relative'),
                         help='prune and deploy suites: edge score')
     parser.add_argument('--distractors', type=int, default=1_000_000, help='face suite: MegaFace distractors')
     parser.add_argument('--records', type=int, default=2000, help='face suite: images in the RecordIO file')
