@@ -120,6 +120,8 @@ def run_grid(config: str, grid: Dict[str, List[Any]], seeds: Sequence[int], work
         return dict(record, skipped=False)
 
     records = []
+    log(f'{len(tasks)} runs ({len(tasks) // len(seeds)} combinations x {len(seeds)} seeds), {jobs} at a time; '
+        f'their logs: {work_dir}/<combination>/seed<s>/train.log')
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(one, c, s): (c, s) for c, s in tasks}
         for count, future in enumerate(concurrent.futures.as_completed(futures), 1):
