@@ -37,7 +37,12 @@ train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=max_epochs)
 
 optim_wrapper = dict(
     type='TopologySparsityOptimWrapper',
-    sparsity=dict(mode='adaptive', lam=1e-4),
+    # lambda chosen on the validation split, never the test set (2026-12-01, seed 100, 10 epochs):
+    #   python tools/select_recipe.py classification/configs/toponet_fmnist_adaptive.py \
+    #       --grid optim_wrapper.sparsity.lam=1e-4,5e-4 --seeds 100
+    # gave validation top-1 93.30% at 5e-4 and 93.06% at 1e-4 (one seed: a weak preference; the
+    # reproduction study's selection at 3,750 iterations also chose 5e-4, docs/reproduction.md)
+    sparsity=dict(mode='adaptive', lam=5e-4),
     constructor='TopologyOptimWrapperConstructor',
     optimizer=dict(type='SGD', lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
