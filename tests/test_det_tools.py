@@ -12,6 +12,7 @@ import timm
 
 import backbones  # noqa: F401
 from backbones.checkpoint import save_checkpoint
+from tests.helpers.tiny_data import toy_coco_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'detection', 'configs', 'toy', 'retinanet_toponet-fmnist_fpn_toy.py')
@@ -23,14 +24,6 @@ def _env():
     env['OMP_NUM_THREADS'] = '2'
     env['PYTHONWARNINGS'] = 'ignore'
     return env
-
-
-def _data_options(root):
-    root = root.rstrip('/') + '/'
-    return [f'{loader}.dataset.data_root={root}' for loader in ('train_dataloader', 'val_dataloader',
-                                                                 'test_dataloader')] + \
-           [f'{evaluator}.ann_file={root}annotations/instances_val.json' for evaluator in ('val_evaluator',
-                                                                                          'test_evaluator')]
 
 
 def _tool(name):
@@ -65,7 +58,7 @@ def test_train_resume_and_test_through_the_tools(setup):
     # score_thr=0: an almost untrained detector still returns boxes for CocoMetric to score
     options = ['--cfg-options', f'model.backbone.init_cfg.checkpoint={checkpoint}', 'train_cfg.max_epochs=1',
                'train_cfg.val_interval=1', 'train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
-               'default_hooks.checkpoint.interval=1', 'model.test_cfg.score_thr=0.0', *_data_options(data)]
+               'default_hooks.checkpoint.interval=1', 'model.test_cfg.score_thr=0.0', *toy_coco_options(data)]
     out = _run('train_det.py', CONFIG, '--work-dir', work_dir, *options)
     assert re.search(r'loaded all \d+ tensors from .*fmnist\.safetensors', out)  # the strict load ran in the Runner
     assert os.path.isfile(os.path.join(work_dir, 'epoch_1.pth'))
@@ -79,7 +72,7 @@ def test_train_resume_and_test_through_the_tools(setup):
     assert 'Epoch(train)' not in out
     # the test tool scores the last checkpoint (given the work dir) with pycocotools
     out = _run('test_det.py', CONFIG, work_dir, '--work-dir', str(root / 'test'), '--cfg-options',
-               'model.test_cfg.score_thr=0.0', *_data_options(data))
+               'model.test_cfg.score_thr=0.0', *toy_coco_options(data))
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics['checkpoint'].endswith('epoch_1.pth')
     assert 0.0 <= metrics['coco/bbox_mAP'] <= 1.0 and 'coco/bbox_mAP_50' in metrics
@@ -101,7 +94,7 @@ def test_tools_report_bad_inputs(setup, tmp_path):
     # a head whose class count disagrees with the data stops the run before it starts
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train_det.py'), CONFIG, '--work-dir', str(tmp_path),
            '--cfg-options', f'model.backbone.init_cfg.checkpoint={checkpoint}', 'model.bbox_head.num_classes=4',
-           *_data_options(data)]
+           *toy_coco_options(data)]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert 'predicts 4 classes but the train dataset has 3' in result.stderr

@@ -16,6 +16,7 @@ import backbones  # noqa: F401  (registers the models)
 from backbones.checkpoint import save_checkpoint
 from backbones.errors import InputError
 from classification.inference import ImageClassifier, write_predictions
+from tests.helpers.tiny_data import toy_coco_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_CONFIG = os.path.join(ROOT, 'detection', 'configs', 'toy', 'retinanet_toponet-fmnist_fpn_toy.py')
@@ -122,14 +123,6 @@ def _env():
                 OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore')
 
 
-def _data_options(root):
-    root = root.rstrip('/') + '/'
-    return [f'{loader}.dataset.data_root={root}' for loader in ('train_dataloader', 'val_dataloader',
-                                                                 'test_dataloader')] + \
-           [f'{evaluator}.ann_file={root}annotations/instances_val.json' for evaluator in ('val_evaluator',
-                                                                                          'test_evaluator')]
-
-
 @pytest.fixture(scope='module')
 def toy_detector(tmp_path_factory):
     """A RetinaNet on the toy shapes trained for one epoch through tools/train_det.py."""
@@ -144,7 +137,7 @@ def toy_detector(tmp_path_factory):
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train_det.py'), DET_CONFIG, '--work-dir', str(work_dir),
            '--cfg-options', f'model.backbone.init_cfg.checkpoint={backbone}', 'train_cfg.max_epochs=1',
            'train_cfg.val_interval=1', 'train_dataloader.batch_size=4', 'default_hooks.checkpoint.interval=1',
-           'model.test_cfg.score_thr=0.0', *_data_options(data)]
+           'model.test_cfg.score_thr=0.0', *toy_coco_options(data)]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])  # the run's last line names its work dir
@@ -184,7 +177,7 @@ def test_test_det_dumps_tta_predictions(toy_detector, tmp_path):
     out = tmp_path / 'results.pkl'
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'test_det.py'), DET_CONFIG, str(toy_detector['work_dir']),
            '--work-dir', str(tmp_path / 'test'), '--tta', '--out', str(out), '--cfg-options',
-           'model.test_cfg.score_thr=0.0', *_data_options(toy_detector['data'])]
+           'model.test_cfg.score_thr=0.0', *toy_coco_options(toy_detector['data'])]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])

@@ -56,3 +56,13 @@ def make_image_folder(root, classes=('n01440764', 'n01443537'), per_class=3, siz
                 arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
                 Image.fromarray(arr).save(os.path.join(d, f'{c}_{i}.JPEG'), format='JPEG')
     return root
+
+
+def toy_coco_options(root):
+    """``--cfg-options`` pointing a toy detection config at a toy COCO set written by
+    ``tools/make_toy_coco.py`` in ``root``."""
+    root = root.rstrip('/') + '/'
+    return [f'{loader}.dataset.data_root={root}' for loader in ('train_dataloader', 'val_dataloader',
+                                                                 'test_dataloader')] + \
+           [f'{evaluator}.ann_file={root}annotations/instances_val.json' for evaluator in ('val_evaluator',
+                                                                                          'test_evaluator')]
