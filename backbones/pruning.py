@@ -65,7 +65,7 @@ from .topology_export import StageTopology, check_finite_state_dict, check_finit
 __all__ = ['StagePruning', 'threshold_masks', 'keep_ratio_threshold', 'close_mask', 'prune_masks',
            'node_removal_masks', 'apply_edge_masks', 'masked_alpha', 'prune_stage_graph', 'build_compact_model',
            'max_threshold', 'export_torchscript', 'export_onnx', 'measure_cpu_latency',
-           'prune_checkpoint', 'edge_scores', 'PRUNE_CRITERIA']
+           'prune_checkpoint', 'edge_scores', 'keep_a_computing_path', 'PRUNE_CRITERIA']
 
 
 def _stage_alphas(model_or_alphas) -> List[np.ndarray]:
@@ -155,7 +155,9 @@ def edge_scores(alphas: Sequence[np.ndarray], graphs: Sequence[GraphSpec], crite
     convolution, so scaling all inputs of a node by c > 0 leaves the network's function
     nearly unchanged, and the sparsity penalty shrinks the input weights of dense nodes
     (the stage output above all) as a block. Absolute thresholds then cut whole stages; a
-    relative score keeps each node's strongest input (score 1), so no stage is ever cut.
+    relative score keeps each node's strongest input (score 1), and ``prune_masks`` keeps,
+    where node removal would leave a stage's output fed by its input alone, the best path
+    through computing nodes (``keep_a_computing_path``), so no stage is ever cut.
 
     Example:
         >>> from backbones.graphs import complete_graph
@@ -203,7 +205,58 @@ def prune_masks(model_or_alphas, graphs: Optional[Sequence[GraphSpec]] = None, t
                      else keep_ratio_threshold(scores, keep_ratio))
     thresholds = _per_stage(threshold, len(alphas))
     masks = [close_mask(g, m) for g, m in zip(graphs, threshold_masks(scores, thresholds))]
+    if criterion == 'relative':
+        direct_ok = _direct_edge_ok(model_or_alphas, len(graphs))
+        masks = [m if ok else keep_a_computing_path(g, m, s)
+                 for g, m, s, ok in zip(graphs, masks, scores, direct_ok)]
     return masks, thresholds
+
+
+def keep_a_computing_path(graph: GraphSpec, mask: Sequence[bool], scores: np.ndarray) -> np.ndarray:
+    """A closed mask in which the stage output still receives a computing node: where the
+    closed ``mask`` leaves the output fed by the direct input->output edge alone (or by
+    nothing), the input->output path through computing nodes with the largest bottleneck
+    score is added back. This is how the relative criterion keeps its promise that no stage
+    is cut: keeping each node's strongest input does not stop node removal from emptying a
+    stage whose output's strongest input is the direct edge.
+
+    Example:
+        >>> from backbones.graphs import complete_graph
+        >>> g = complete_graph(4)            # edges (0,1) (0,2) (1,2) (0,3) (1,3) (2,3)
+        >>> keep_a_computing_path(g, [True, True, False, True, False, False],
+        ...                       np.array([1., 1., .1, 1., .2, .3])).astype(int).tolist()
+        [0, 1, 0, 1, 0, 1]
+    """
+    mask = close_mask(graph, mask)
+    last = graph.num_nodes - 1
+    if any(mask[e] and 0 < src for e, (src, dst) in enumerate(graph.edges) if dst == last):
+        return mask
+    width = np.full(graph.num_nodes, -np.inf)
+    width[0] = np.inf
+    via = [-1] * graph.num_nodes
+    for e, (src, dst) in enumerate(graph.edges):  # sorted by dst: sources are final
+        if src == 0 and dst == last:
+            continue
+        w = min(width[src], float(scores[e]))
+        if w > width[dst]:
+            width[dst], via[dst] = w, e
+    if via[last] < 0:
+        raise ValueError('the stage has no input->output path through a computing node')
+    mask = mask.copy()
+    node = last
+    while node != 0:
+        mask[via[node]] = True
+        node = graph.edges[via[node]][0]
+    return close_mask(graph, mask)
+
+
+def _direct_edge_ok(model_or_alphas, num_stages: int) -> List[bool]:
+    """Per stage, whether the direct input->output edge alone can be built as a compact
+    stage (``_direct_edge_builds_a_stage``); without a model, never (the safe side)."""
+    if not isinstance(model_or_alphas, nn.Module):
+        return [False] * num_stages
+    cfg = getattr(model_or_alphas, 'cfg', None)
+    return [_direct_edge_builds_a_stage(s, cfg) for s in dag_stages(model_or_alphas)]
 
 
 def max_threshold(model_or_alphas, graphs: Optional[Sequence[GraphSpec]] = None) -> float:
@@ -221,8 +274,7 @@ def max_threshold(model_or_alphas, graphs: Optional[Sequence[GraphSpec]] = None)
         stages = list(dag_stages(model_or_alphas))
         if graphs is None:
             graphs = [s.graph for s in stages]
-        cfg = getattr(model_or_alphas, 'cfg', None)
-        direct_ok = [_direct_edge_builds_a_stage(s, cfg) for s in stages]
+        direct_ok = _direct_edge_ok(model_or_alphas, len(stages))
     else:
         direct_ok = [True] * len(alphas)
     best = float('inf')

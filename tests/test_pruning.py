@@ -285,6 +285,36 @@ def test_relative_criterion_keeps_every_nodes_strongest_input_and_never_cuts(mod
         prune_masks(model, keep_ratio=0.5, criterion='l2')
 
 
+def test_relative_criterion_never_empties_a_stage_whose_output_prefers_the_direct_edge(model, images):
+    """The collapse the relative score alone allows: every stage's output draws mostly on
+    the stage input, and every edge between computing nodes is weak next to the inputs'
+    direct edges. Each node keeps its strongest input, yet node removal then strips every
+    computing node, leaving only the direct edge, which the projection wiring cannot build.
+    prune_masks must add back the best path through computing nodes instead."""
+    collapsing = copy.deepcopy(model)
+    with torch.no_grad():
+        for stage in collapsing.stages:
+            last = stage.graph.num_nodes - 1
+            alpha = [1.0 if src == 0 else (0.2 if dst == last else 0.05) for src, dst in stage.graph.edges]
+            best = next(e for e, (src, dst) in enumerate(stage.graph.edges) if src > 0 and dst == last)
+            alpha[best] = 0.3  # the path the repair must choose ends with this edge
+            stage.edge_weights.copy_(torch.tensor(alpha))
+    scores = edge_scores([s.edge_weights.detach().numpy() for s in collapsing.stages], collapsing.graphs, 'relative')
+    naive = [close_mask(g, s >= 0.5) for g, s in zip(collapsing.graphs, scores)]
+    assert [int(m.sum()) for m in naive] == [1] * len(naive)  # the direct edge alone: the bug's trigger
+    masks, _ = prune_masks(collapsing, threshold=0.5, criterion='relative')
+    for graph, mask in zip(collapsing.graphs, masks):
+        into_output = [graph.edges[e] for e in np.flatnonzero(mask) if graph.edges[e][1] == graph.num_nodes - 1]
+        assert sorted(into_output)[-1][0] > 0 and len(into_output) == 2  # the direct edge and the chosen path
+        best = next(e for e, (src, dst) in enumerate(graph.edges) if src > 0 and dst == graph.num_nodes - 1)
+        assert mask[best]
+    compact, plans = build_compact_model(collapsing, masks)
+    assert all(p.graph.num_nodes == 3 for p in plans)  # input, one computing node, output
+    with torch.no_grad():
+        torch.testing.assert_close(compact.eval()(images), _masked_output(collapsing, masks, images),
+                                   rtol=0, atol=1e-5)
+
+
 def test_only_toponets_are_rebuilt_and_only_when_the_projection_can_be_node_1():
     mobilenet = timm.create_model('mobilenetv2_100_topo')
     with pytest.raises(TypeError, match='rebuilds TopoNets, got MobileNetV2Topo'):
