@@ -544,7 +544,7 @@ def summarize(results: Sequence[Dict]) -> List[Dict]:
 
 
 def _contrast_result(c: Contrast, by_arm: Dict[str, Dict[int, float]], settings: StudySettings) -> Optional[Dict]:
-    from .study_stats import paired_power, paired_test, tost_paired
+    from .study_stats import detectable_effect, paired_power, paired_test, tost_paired
 
     if c.better not in by_arm or c.worse not in by_arm:
         return None
@@ -557,8 +557,11 @@ def _contrast_result(c: Contrast, by_arm: Dict[str, Dict[int, float]], settings:
     tost = tost_paired(a, b, settings.margin)
     out = dict(name=c.name, text=c.text, better=c.better, worse=c.worse, kind=c.kind, paper_effect=c.paper_effect,
                seeds=seeds, **test, tost_p=tost['p'], ci90_low=tost['ci90_low'], ci90_high=tost['ci90_high'])
-    out['power_at_effect'] = (paired_power(len(seeds), test['sd_diff'], settings.effect,
-                                           settings.alpha / len(CONTRASTS)) if test['sd_diff'] > 0 else 1.0)
+    level = settings.alpha / len(CONTRASTS)
+    out['power_at_effect'] = (paired_power(len(seeds), test['sd_diff'], settings.effect, level)
+                              if test['sd_diff'] > 0 else 1.0)
+    out['detectable_effect'] = (detectable_effect(len(seeds), test['sd_diff'], level, settings.power)
+                                if test['sd_diff'] > 0 else 0.0)
     return out
 
 
@@ -674,9 +677,12 @@ def report_markdown(analysis: Dict, settings: StudySettings, command: str, selec
              'TopoNet.']
     if wall_minutes is not None:
         lines += ['', f'Wall time of the work done by this call: {wall_minutes:.1f} min.']
+    else:
+        lines += ['', 'Every run was already trained and scored: this call only redid the analysis.']
     if cpu_minutes:
         lines += ['', f'CPU time of every run and scoring of the study: {cpu_minutes:.0f} min, about '
-                  f'{cpu_minutes / jobs:.0f} min of wall time at {jobs} single-threaded runs at a time on idle cores.']
+                  f'{cpu_minutes / jobs:.0f} min of wall time at {jobs} single-threaded runs at a time on idle cores '
+                  '(a run resumed after an interruption counts only the process that finished it).']
     if selection:
         grid = ', '.join(f'{lam}: {m:.2f}%' for lam, m in selection['val_means'].items())
         lines += ['', '## Choices made on the validation split', '',
@@ -696,14 +702,16 @@ def report_markdown(analysis: Dict, settings: StudySettings, command: str, selec
                   f'Paired t-test (two-sided); 95% CI of the mean difference; TOST equivalence at +/-{settings.margin:g}'
                   ' points; "p(>= paper)": one-sided test that the effect is at least the paper\'s. Power: of the '
                   f'paired t-test for a {settings.effect:g}-point difference at level {settings.alpha:g}/'
-                  f'{len(CONTRASTS)}, with the observed SD.', '',
+                  f'{len(CONTRASTS)}, with the observed SD; "detectable": the smallest difference it detects with '
+                  f'power {settings.power:g} at that level.', '',
                   '| contrast | n | difference (points) | 95% CI | paper | p (Holm) | TOST p (Holm) | p(>= paper) '
-                  '(Holm) | power | verdict |', '|---|---|---|---|---|---|---|---|---|---|']
+                  '(Holm) | power | detectable | verdict |', '|---|---|---|---|---|---|---|---|---|---|---|']
         for r in analysis['contrasts']:
             lines.append(f'| {r["text"]} | {r["n"]} | {_fmt(r["mean_diff"], signed=True)} | '
                          f'[{_fmt(r["ci_low"], signed=True)}, {_fmt(r["ci_high"], signed=True)}] | '
                          f'{_fmt(r["paper_effect"], signed=True)} | {_fmt_p(r["p_holm"])} | {_fmt_p(r["tost_p_holm"])} '
-                         f'| {_fmt_p(r.get("p_below_paper_holm"))} | {r["power_at_effect"]:.2f} | {r["verdict"]} |')
+                         f'| {_fmt_p(r.get("p_below_paper_holm"))} | {r["power_at_effect"]:.2f} | '
+                         f'{r["detectable_effect"]:.2f} | {r["verdict"]} |')
     if analysis['secondary']:
         lines += ['', '## Secondary comparisons (exploratory, uncorrected)', '',
                   '| comparison | n | difference | 95% CI | paper | p | TOST p | verdict |',
@@ -740,13 +748,33 @@ def report_markdown(analysis: Dict, settings: StudySettings, command: str, selec
         lines += ['', '## Do seeds learn the same topology? (Figure 5, on relative alpha)', '',
                   'Mean pairwise Pearson correlation across seeds of each edge\'s alpha relative to its node\'s mean '
                   '(the part of alpha that changes the function), with a permutation p-value (edges shuffled '
-                  'independently per seed); next to it the raw-alpha cosine similarity the paper reads, which is '
-                  'close to 1 for any near-uniform alpha.', '',
-                  '| arm | seeds | edges | relative-alpha correlation | permutation p | raw cosine |',
-                  '|---|---|---|---|---|---|']
+                  'independently per seed); the same on ranks (Spearman), which extreme relative values of nodes '
+                  'whose mean alpha is near 0 cannot dominate; next to them the raw-alpha cosine similarity the '
+                  'paper reads, which is close to 1 for any near-uniform alpha. With N resamples the smallest '
+                  'permutation p is 1/(N+1).', '',
+                  '| arm | seeds | edges | relative-alpha correlation (Pearson) | permutation p | rank correlation '
+                  '(Spearman) | permutation p | raw cosine |', '|---|---|---|---|---|---|---|---|']
         for name, t in topology.items():
             lines.append(f'| {name} | {len(t["seeds"])} | {t["edges"]} | {t["mean_correlation"]:+.3f} | '
-                         f'{_fmt_p(t["p_value"])} | {t["mean_raw_cosine"]:.3f} |')
+                         f'{_fmt_p(t["p_value"])} | {t["mean_rank_correlation"]:+.3f} | {_fmt_p(t["rank_p_value"])} '
+                         f'| {t["mean_raw_cosine"]:.3f} |')
+        null, sparse = topology.get('complete_alpha'), topology.get('complete_adaptive')
+        if null and sparse:
+            keys = ('mean_correlation', 'mean_rank_correlation')
+            more = [sparse[k] > null[k] for k in keys]
+            if all(more):
+                reading = 'On both statistics the sparse arm\'s seeds agree more: a shared pattern the penalty adds.'
+            elif not any(more):
+                reading = ('On both statistics the sparse arm\'s seeds agree *less* than the no-sparsity arm\'s: '
+                           'the penalty does not make the learned topology more reproducible across seeds, and the '
+                           'raw cosine does not tell the arms apart.')
+            else:
+                reading = 'The two statistics disagree on which arm\'s seeds agree more: no claim either way.'
+            lines += ['', f'Against the no-sparsity null (`complete_alpha`): relative-alpha agreement '
+                      f'{sparse["mean_correlation"]:+.3f} with adaptive sparsity vs {null["mean_correlation"]:+.3f} '
+                      f'without (ranks: {sparse["mean_rank_correlation"]:+.3f} vs '
+                      f'{null["mean_rank_correlation"]:+.3f}); raw cosine {sparse["mean_raw_cosine"]:.3f} vs '
+                      f'{null["mean_raw_cosine"]:.3f}. ' + reading]
     return '\n'.join(lines) + '\n'
 
 
@@ -815,8 +843,9 @@ def plot_study(analysis: Dict, results: Sequence[Dict], out_dir: str) -> List[st
 
 def plot_topology(results: Sequence[Dict], out_dir: str) -> List[str]:
     """Figure 3 on relative alpha: histograms of raw alpha and of alpha relative to its
-    node's mean, for every alpha arm (pooled over seeds): ``alpha_hist.png``; and the first
-    seed's adjacency of every alpha arm, raw and relative: ``adjacency.png``."""
+    node's mean, for every alpha arm (pooled over seeds): ``alpha_hist.png``; and per alpha
+    arm, the first seed's raw alpha and the relative alpha averaged over seeds (the pattern
+    the seeds share; one seed's relative alpha is mostly its own noise): ``adjacency.png``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -832,7 +861,7 @@ def plot_topology(results: Sequence[Dict], out_dir: str) -> List[str]:
     for a in arms:
         runs = sorted((r for r in results if r['arm'] == a.name), key=lambda r: r['seed'])
         stages = [load_topology(os.path.join(out_dir, r['folder'], f'{CHECKPOINT_NAME}.safetensors')) for r in runs]
-        first[a.name] = stages[0]
+        first[a.name] = stages
         raw = np.concatenate([s.alpha for run in stages for s in run])
         rel = np.concatenate([relative_alpha(s) for run in stages for s in run])
         axes[0].hist(raw, bins=60, histtype='step', label=a.name)
@@ -846,21 +875,27 @@ def plot_topology(results: Sequence[Dict], out_dir: str) -> List[str]:
     paths = [os.path.join(out_dir, 'alpha_hist.png')]
     save_png(fig, paths[-1])
 
-    num_stages = len(next(iter(first.values())))
+    from matplotlib.ticker import MaxNLocator
+
+    num_stages = len(next(iter(first.values()))[0])
     fig, axes = plt.subplots(2 * len(first), num_stages, figsize=(2.6 * num_stages, 2.5 * 2 * len(first)),
                              layout='constrained', squeeze=False)
-    for k, (name, stages) in enumerate(first.items()):
-        for s, stage in enumerate(stages):
-            rel = relative_alpha(stage)
-            for row, (values, what) in enumerate(((stage.alpha, 'alpha'), (rel, 'relative'))):
+    for k, (name, runs) in enumerate(first.items()):
+        for s in range(num_stages):
+            stage = runs[0][s]
+            mean_rel = np.mean([relative_alpha(run[s]) for run in runs], axis=0)
+            for row, (values, what) in enumerate(((stage.alpha, 'alpha, first seed'),
+                                                  (mean_rel, f'relative, mean of {len(runs)} seeds'))):
                 mat = np.full((stage.graph.num_nodes, stage.graph.num_nodes), np.nan)
                 for v, (src, dst) in zip(values, stage.graph.edges):
                     mat[dst, src] = v
                 ax = axes[2 * k + row, s]
                 im = ax.imshow(mat, cmap='viridis')
-                ax.set_title(f'{name}, stage {s + 1}: {what}', fontsize=7)
+                ax.set_title(f'{name}, stage {s + 1}:\n{what}', fontsize=7)
                 ax.set_xlabel('source node', fontsize=6)
                 ax.set_ylabel('destination node', fontsize=6)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
                 fig.colorbar(im, ax=ax, shrink=0.7)
     paths.append(os.path.join(out_dir, 'adjacency.png'))
     save_png(fig, paths[-1])

@@ -11,9 +11,9 @@ only composes them:
 * ``tost_paired``: equivalence within ``+/- margin`` by two one-sided tests;
 * ``holm``: Holm's step-down adjustment of a family of p-values (the one piece of
   arithmetic written here: it only sorts and scales p-values);
-* ``paired_power`` / ``seeds_needed``: power of the two-sided paired t-test from the
-  noncentral t distribution (``scipy.stats.nct``), used to size the study from a pilot and
-  to report the power achieved.
+* ``paired_power`` / ``seeds_needed`` / ``detectable_effect``: power of the two-sided paired
+  t-test from the noncentral t distribution (``scipy.stats.nct``), used to size the study
+  from a pilot, to report the power achieved and the smallest effect a study could detect.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ['paired_test', 'tost_paired', 'holm', 'paired_power', 'seeds_needed', 'pilot_sd']
+__all__ = ['paired_test', 'tost_paired', 'holm', 'paired_power', 'seeds_needed', 'detectable_effect', 'pilot_sd']
 
 
 def _differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
@@ -147,6 +147,27 @@ def seeds_needed(sd_diff: float, effect: float, alpha: float, power: float, n_mi
         if paired_power(n, sd_diff, effect, alpha) >= power:
             return n
     return None
+
+
+def detectable_effect(n: int, sd_diff: float, alpha: float, power: float = 0.8) -> float:
+    """The smallest true mean difference the two-sided paired t-test with ``n`` pairs detects
+    with probability ``power`` at level ``alpha`` (the root of ``paired_power`` in the effect,
+    ``scipy.optimize.brentq``).
+
+    Example (the inverse of ``paired_power``'s: with n = 10 at alpha = 0.05, power 0.803 is
+    reached at Cohen's d = 1, as in G*Power; power 0.8 needs a little less):
+        >>> round(detectable_effect(10, 1.0, 0.05, 0.803), 3), round(detectable_effect(10, 1.0, 0.05), 3)
+        (1.0, 0.996)
+    """
+    from scipy import optimize
+
+    if not 0 < power < 1:
+        raise ValueError(f'power must be in (0, 1), got {power}')
+    paired_power(n, sd_diff, 0.0, alpha)  # validates n, sd_diff and alpha
+    high = sd_diff
+    while paired_power(n, sd_diff, high, alpha) < power:
+        high *= 2
+    return float(optimize.brentq(lambda e: paired_power(n, sd_diff, e, alpha) - power, 0.0, high, xtol=1e-10))
 
 
 def pilot_sd(differences: Sequence[Sequence[float]]) -> float:

@@ -326,3 +326,34 @@ def test_snapshot_eval_tool(tiny_root, tmp_path):
                                         '--eval-samples', '16', '--out-dir', str(out2),
                                         *_data_options(tiny_root)]) == 0
     assert json.loads((out2 / 'snapshot_accuracy.json').read_text())['rows'][0]['iteration'] == 2
+
+
+def _stages_with(alpha_by_run, graph):
+    from backbones.topology_export import StageTopology
+    return [[StageTopology(graph, np.asarray(a, dtype=np.float32))] for a in alpha_by_run]
+
+
+def test_relative_alpha_agreement_finds_a_shared_pattern_and_ranks_resist_near_zero_nodes():
+    from backbones.analysis import relative_alpha_agreement
+    from backbones.graphs import complete_graph
+    graph = complete_graph(9)
+    rng = np.random.default_rng(0)
+    pattern = rng.uniform(0.5, 1.5, graph.num_edges)
+    shared = [pattern * rng.uniform(0.9, 1.1, graph.num_edges) for _ in range(4)]
+    agree = relative_alpha_agreement(_stages_with(shared, graph), n_resamples=199)
+    assert agree['mean_correlation'] > 0.5 and agree['p_value'] <= 0.01 and agree['rank_p_value'] <= 0.01
+    unrelated = relative_alpha_agreement(_stages_with([rng.uniform(0.5, 1.5, graph.num_edges) for _ in range(4)],
+                                                      graph), n_resamples=199)
+    assert abs(unrelated['mean_correlation']) < 0.2 and unrelated['p_value'] > 0.05
+    # every run also has one node (a different one per run) whose inputs nearly cancel: their
+    # relative alpha is huge, swamps the Pearson correlation, and leaves the ranks of the rest intact
+    spoiled = []
+    for r, alpha in enumerate(shared):
+        alpha = alpha.copy()
+        inputs = [e for e, (_, dst) in enumerate(graph.edges) if dst == 4 + r]
+        alpha[inputs] = rng.normal(0, 1, len(inputs))
+        alpha[inputs[-1]] -= alpha[inputs].sum() - 1e-3  # node mean 1e-3 / in-degree
+        spoiled.append(alpha)
+    spoiled = relative_alpha_agreement(_stages_with(spoiled, graph), n_resamples=199)
+    assert spoiled['mean_correlation'] < 0.2 < spoiled['mean_rank_correlation'] and spoiled['rank_p_value'] <= 0.01
+    assert 0.99 < agree['mean_raw_cosine'] <= 1.0

@@ -163,6 +163,10 @@ def test_analysis_gives_estimation_verdicts():
     assert "the data exclude an effect as large as the paper's (+0.38)" in equal['verdict']
     assert by_name['adaptive_vs_residual']['verdict'].startswith('not shown')
     assert by_name['adaptive_vs_residual']['power_at_effect'] < 0.8  # noisy: low power, and the report says so
+    # the smallest effect detected with power 0.8 is where the power curve crosses 0.8: above 0.5 when noisy
+    for c in analysis['contrasts']:
+        assert paired_power(c['n'], c['sd_diff'], c['detectable_effect'], 0.05 / 3) == pytest.approx(0.8, abs=1e-6)
+    assert by_name['adaptive_vs_residual']['detectable_effect'] > 0.5 > by_name['alpha_vs_fixed']['detectable_effect']
     spread = {m['arm']: m['learned_topology'] for m in analysis['manipulation']}
     assert spread == {'complete_alpha': False, 'complete_adaptive': True}
     report = report_markdown(analysis, StudySettings(), 'python tools/reproduce.py')
@@ -222,6 +226,9 @@ def test_reproduce_command_end_to_end(tmp_path):
     assert len(list(out.glob('runs/*/seed*/test.json'))) == 8 and not list(out.glob('select/**/test.json'))
     report = (out / 'report.md').read_text()
     assert 'Pre-registered contrasts' in report and 'Manipulation check' in report
+    topology = results['analysis']['topology']
+    assert f'{topology["complete_adaptive"]["mean_correlation"]:+.3f} with adaptive sparsity vs ' \
+           f'{topology["complete_alpha"]["mean_correlation"]:+.3f} without' in report
     for png in ('accuracy.png', 'contrasts.png', 'alpha_spread.png', 'alpha_hist.png', 'adjacency.png'):
         assert (out / png).read_bytes()[:4] == b'\x89PNG', png
     assert json.loads(first.stdout.strip().splitlines()[-1])['seeds'] == 2
@@ -229,6 +236,8 @@ def test_reproduce_command_end_to_end(tmp_path):
     second = _reproduce(out, data)
     assert second.returncode == 0, second.stderr[-3000:]
     assert 'select: 2 of 2 runs already done' in second.stdout and 'test: 8 of 8 runs already done' in second.stdout
+    assert 'Wall time of the work done by this call' in report
+    assert 'this call only redid the analysis' in (out / 'report.md').read_text()
     # the same folder with other settings is refused, naming the folder
     third = _reproduce(out, data, '--lr', '0.05')
     assert third.returncode == 2 and 'holds a run with other settings' in third.stderr
