@@ -231,15 +231,7 @@ def keep_a_computing_path(graph: GraphSpec, mask: Sequence[bool], scores: np.nda
     last = graph.num_nodes - 1
     if any(mask[e] and 0 < src for e, (src, dst) in enumerate(graph.edges) if dst == last):
         return mask
-    width = np.full(graph.num_nodes, -np.inf)
-    width[0] = np.inf
-    via = [-1] * graph.num_nodes
-    for e, (src, dst) in enumerate(graph.edges):  # sorted by dst: sources are final
-        if src == 0 and dst == last:
-            continue
-        w = min(width[src], float(scores[e]))
-        if w > width[dst]:
-            width[dst], via[dst] = w, e
+    _, via = _widest_path(graph, scores, direct=False)
     if via[last] < 0:
         raise ValueError('the stage has no input->output path through a computing node')
     mask = mask.copy()
@@ -248,6 +240,23 @@ def keep_a_computing_path(graph: GraphSpec, mask: Sequence[bool], scores: np.nda
         mask[via[node]] = True
         node = graph.edges[via[node]][0]
     return close_mask(graph, mask)
+
+
+def _widest_path(graph: GraphSpec, scores, direct: bool) -> Tuple[float, List[int]]:
+    """The best bottleneck from the stage input to its output (max over paths of the min
+    score along the path) and, per node, the edge that brings its best path (-1: none).
+    ``direct=False`` leaves out the direct input->output edge."""
+    last = graph.num_nodes - 1
+    width = [-np.inf] * graph.num_nodes
+    width[0] = np.inf
+    via = [-1] * graph.num_nodes
+    for e, (src, dst) in enumerate(graph.edges):  # sorted by dst: sources are final
+        if src == 0 and dst == last and not direct:
+            continue
+        w = min(width[src], float(scores[e]))
+        if w > width[dst]:
+            width[dst], via[dst] = w, e
+    return width[last], via
 
 
 def _direct_edge_ok(model_or_alphas, num_stages: int) -> List[bool]:
@@ -279,14 +288,7 @@ def max_threshold(model_or_alphas, graphs: Optional[Sequence[GraphSpec]] = None)
         direct_ok = [True] * len(alphas)
     best = float('inf')
     for graph, alpha, direct in zip(graphs, alphas, direct_ok):
-        last = graph.num_nodes - 1
-        width = [-np.inf] * graph.num_nodes
-        width[0] = np.inf
-        for e, (src, dst) in enumerate(graph.edges):  # sorted by dst: sources are final
-            if src == 0 and dst == last and not direct:
-                continue
-            width[dst] = max(width[dst], min(width[src], abs(float(alpha[e]))))
-        best = min(best, width[-1])
+        best = min(best, _widest_path(graph, np.abs(alpha), direct)[0])
     return float(best)
 
 

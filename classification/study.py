@@ -666,7 +666,8 @@ def _fmt_p(p: Optional[float]) -> str:
 
 
 def report_markdown(analysis: Dict, settings: StudySettings, command: str, selection: Optional[Dict] = None,
-                    wall_minutes: Optional[float] = None, cpu_minutes: Optional[float] = None, jobs: int = 2) -> str:
+                    wall_minutes: Optional[float] = None, cpu_minutes: Optional[float] = None, jobs: int = 2,
+                    analysis_only: bool = False) -> str:
     """The study's report: design, choices made on validation, the contrasts with their
     tests, the manipulation check, the per-arm table and the topology agreement."""
     lines = ['# Reproduction study on Fashion-MNIST: results', '', f'Command: `{command}`', '',
@@ -675,10 +676,10 @@ def report_markdown(analysis: Dict, settings: StudySettings, command: str, selec
              f'{settings.warmup_iters} warm-up iterations then cosine. Top-1 on the test split, scored once per run '
              'after every choice was made on validation. The paper\'s numbers are ImageNet top-1 of the full '
              'TopoNet.']
-    if wall_minutes is not None:
-        lines += ['', f'Wall time of the work done by this call: {wall_minutes:.1f} min.']
-    else:
+    if analysis_only:
         lines += ['', 'Every run was already trained and scored: this call only redid the analysis.']
+    elif wall_minutes is not None:
+        lines += ['', f'Wall time of the work done by this call: {wall_minutes:.1f} min.']
     if cpu_minutes:
         lines += ['', f'CPU time of every run and scoring of the study: {cpu_minutes:.0f} min, about '
                   f'{cpu_minutes / jobs:.0f} min of wall time at {jobs} single-threaded runs at a time on idle cores '
@@ -857,11 +858,11 @@ def plot_topology(results: Sequence[Dict], out_dir: str) -> List[str]:
     if not arms:
         return []
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout='constrained')
-    first = {}
+    runs_by_arm = {}
     for a in arms:
         runs = sorted((r for r in results if r['arm'] == a.name), key=lambda r: r['seed'])
         stages = [load_topology(os.path.join(out_dir, r['folder'], f'{CHECKPOINT_NAME}.safetensors')) for r in runs]
-        first[a.name] = stages
+        runs_by_arm[a.name] = stages
         raw = np.concatenate([s.alpha for run in stages for s in run])
         rel = np.concatenate([relative_alpha(s) for run in stages for s in run])
         axes[0].hist(raw, bins=60, histtype='step', label=a.name)
@@ -877,10 +878,10 @@ def plot_topology(results: Sequence[Dict], out_dir: str) -> List[str]:
 
     from matplotlib.ticker import MaxNLocator
 
-    num_stages = len(next(iter(first.values()))[0])
-    fig, axes = plt.subplots(2 * len(first), num_stages, figsize=(2.6 * num_stages, 2.5 * 2 * len(first)),
+    num_stages = len(next(iter(runs_by_arm.values()))[0])
+    fig, axes = plt.subplots(2 * len(runs_by_arm), num_stages, figsize=(2.6 * num_stages, 2.5 * 2 * len(runs_by_arm)),
                              layout='constrained', squeeze=False)
-    for k, (name, runs) in enumerate(first.items()):
+    for k, (name, runs) in enumerate(runs_by_arm.items()):
         for s in range(num_stages):
             stage = runs[0][s]
             mean_rel = np.mean([relative_alpha(run[s]) for run in runs], axis=0)

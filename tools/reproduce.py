@@ -168,8 +168,8 @@ def main(argv=None) -> int:
     cpu_minutes = sum(r.get('cpu_s', 0.0) for r in selection_runs + main_runs + secondary_runs + tests) / 60
     worked = any(not r.get('skipped') for r in selection_runs + main_runs + secondary_runs + tests)
     report = report_markdown(analysis, settings, command, selection=selection,
-                             wall_minutes=(time.time() - start) / 60 if worked else None,
-                             cpu_minutes=cpu_minutes, jobs=args.jobs)
+                             wall_minutes=(time.time() - start) / 60, cpu_minutes=cpu_minutes, jobs=args.jobs,
+                             analysis_only=not worked)
     atomic_write_text(os.path.join(out, 'report.md'), report)
     atomic_write_text(os.path.join(out, 'results.json'), json.dumps(
         dict(command=command, settings=dict(settings.run_key(), lam_grid=list(settings.lam_grid),
@@ -179,7 +179,8 @@ def main(argv=None) -> int:
     pictures = plot_study(analysis, results, out) + plot_topology(results, out)
     for r in analysis['contrasts']:
         say(f'{r["name"]}: {r["mean_diff"]:+.2f} points [{r["ci_low"]:+.2f}, {r["ci_high"]:+.2f}], '
-            f'p(Holm) {r["p_holm"]:.4f}, power {r["power_at_effect"]:.2f}, detectable {r["detectable_effect"]:.2f}: {r["verdict"]}')
+            f'p(Holm) {r["p_holm"]:.4f}, power {r["power_at_effect"]:.2f}, '
+            f'detectable {r["detectable_effect"]:.2f}: {r["verdict"]}')
     say(f'wrote {out}/report.md, results.json and {", ".join(os.path.basename(p) for p in pictures)}')
     print(json.dumps(dict(out_dir=out, lam=lam, seeds=plan['n_seeds'],
                           contrasts={r['name']: dict(diff=r['mean_diff'], p_holm=r['p_holm'], verdict=r['verdict'])
